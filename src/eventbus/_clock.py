@@ -1,0 +1,34 @@
+"""Clocks for retry delays: real monotonic time, or virtual time for tests."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+__all__ = ["Clock", "MonotonicClock"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Where retry delays are measured. ``now()`` is in seconds, only differences count."""
+
+    def now(self) -> float:
+        """The current time in seconds."""
+
+    async def wait(self, wake: anyio.Event, deadline: float) -> None:
+        """Return when ``wake`` is set or ``now()`` reaches ``deadline``, whichever first."""
+
+
+class MonotonicClock:
+    """Real time (``time.monotonic``). The default."""
+
+    def now(self) -> float:
+        """Seconds of ``time.monotonic()``."""
+        return time.monotonic()
+
+    async def wait(self, wake: anyio.Event, deadline: float) -> None:
+        """Wait on ``wake`` for at most ``deadline - now()`` seconds."""
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            await wake.wait()

@@ -1,0 +1,225 @@
+"""The codec: event + envelope to bytes and string headers, and back.
+
+The wire format (see ``docs/wire-format.md``): the body is the event's JSON; the headers
+are ``id``, ``name``, ``version``, ``time``, ``correlation_id``, optional
+``causation_id`` and optional ``headers`` (a JSON object of strings). The delivery
+attempt is kept by the transport, not in the headers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+from pydantic import ValidationError
+
+from ._envelope import Envelope
+from ._errors import (
+    ConfigurationError,
+    MalformedMessageError,
+    PayloadTooLargeError,
+    UnknownEventError,
+    VersionMismatchError,
+)
+from ._event import Event
+from .transports._protocol import Message
+
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Codec", "EventMessage"]
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+_MAX_FIELD = 200
+
+
+class Codec:
+    """Encodes events for transports and decodes what transports deliver.
+
+    Decoding only ever builds event types that were registered here (by wire name): the
+    wire never names code. Every decoding problem raises a ``DecodeError`` subclass.
+    """
+
+    def __init__(self, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int):
+            raise ConfigurationError("max_payload_bytes must be an int")
+        if max_payload_bytes < 1:
+            raise ConfigurationError("max_payload_bytes must be >= 1")
+        self.max_payload_bytes = max_payload_bytes
+        self._types: dict[str, type[Event]] = {}
+
+    def register(self, event_types: Iterable[type[Event]]) -> None:
+        """Make these event types decodable; a second class with a taken name is an error."""
+        for event_type in event_types:
+            known = self._types.setdefault(event_type.event_name, event_type)
+            if known is not event_type:
+                raise ConfigurationError(
+                    f"two event classes share the name {event_type.event_name!r}: "
+                    f"{known.__module__}.{known.__qualname__} and "
+                    f"{event_type.__module__}.{event_type.__qualname__}"
+                )
+
+    def event_type(self, name: str) -> type[Event] | None:
+        """The registered class for a wire name, or None."""
+        return self._types.get(name)
+
+    def message(self, event: Event, envelope: Envelope) -> EventMessage:
+        """A message that encodes itself the first time a transport reads it."""
+        return EventMessage(event, envelope, self)
+
+    def encode_body(self, event: Event) -> bytes:
+        """The event's JSON; raises ``PayloadTooLargeError`` past the size limit."""
+        body = event.__pydantic_serializer__.to_json(event)
+        if len(body) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"{event.event_name} encodes to {len(body)} bytes, "
+                f"more than the limit of {self.max_payload_bytes}"
+            )
+        return body
+
+    @staticmethod
+    def encode_headers(envelope: Envelope) -> dict[str, str]:
+        """The envelope as wire headers."""
+        headers = {
+            "id": envelope.id,
+            "name": envelope.name,
+            "version": str(envelope.version),
+            "time": envelope.occurred_at.isoformat().replace("+00:00", "Z"),
+            "correlation_id": envelope.correlation_id,
+        }
+        if envelope.causation_id is not None:
+            headers["causation_id"] = envelope.causation_id
+        if envelope.headers:
+            headers["headers"] = json.dumps(dict(envelope.headers), separators=(",", ":"))
+        return headers
+
+    def decode(self, message: Message, attempt: int = 1) -> tuple[Event, Envelope]:
+        """Turn a delivered message back into its event and envelope.
+
+        Raises ``UnknownEventError``, ``VersionMismatchError`` or
+        ``MalformedMessageError``, never another exception.
+        """
+        if isinstance(message, EventMessage) and message.codec is self:
+            return message.event, message.envelope.with_attempt(attempt)
+        envelope = self.decode_envelope(message.headers, attempt)
+        event_type = self._types.get(envelope.name)
+        if event_type is None:
+            raise UnknownEventError(f"no registered event type is named {envelope.name!r}")
+        if envelope.version != event_type.event_version:
+            raise VersionMismatchError(
+                f"{envelope.name} arrived as version {envelope.version}, "
+                f"this application knows version {event_type.event_version}"
+            )
+        body = message.body
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise MalformedMessageError("the body is not bytes")
+        if len(body) > self.max_payload_bytes:
+            raise MalformedMessageError(
+                f"the body has {len(body)} bytes, more than the limit of {self.max_payload_bytes}"
+            )
+        try:
+            event = event_type.model_validate_json(body)
+        except (ValidationError, ValueError, RecursionError) as exc:
+            raise MalformedMessageError(
+                f"the payload is not a valid {envelope.name}: {_summary(exc)}"
+            ) from None
+        return event, envelope
+
+    @staticmethod
+    def decode_envelope(headers: Mapping[str, str], attempt: int = 1) -> Envelope:
+        """The envelope of wire headers; raises ``MalformedMessageError`` when invalid."""
+        if not isinstance(headers, Mapping):
+            raise MalformedMessageError("the headers are not a mapping")
+        event_id = _field(headers, "id")
+        correlation = headers.get("correlation_id", event_id)
+        causation = headers.get("causation_id")
+        for key, value in (("correlation_id", correlation), ("causation_id", causation)):
+            if value is not None and not _short_str(value):
+                raise MalformedMessageError(f"the {key} header is not a short string")
+        return Envelope(
+            id=event_id,
+            name=_field(headers, "name"),
+            version=_version(_field(headers, "version")),
+            occurred_at=_time(_field(headers, "time")),
+            correlation_id=correlation,
+            causation_id=causation,
+            headers=_user_headers(headers.get("headers")),
+            attempt=attempt,
+        )
+
+
+class EventMessage(Message):
+    """A message that still holds its event; its bytes are made on first read."""
+
+    __slots__ = ("_cached_body", "_cached_headers", "codec", "envelope", "event")
+
+    def __init__(self, event: Event, envelope: Envelope, codec: Codec) -> None:
+        self.event = event
+        self.envelope = envelope
+        self.codec = codec
+        self._cached_body: bytes | None = None
+        self._cached_headers: Mapping[str, str] | None = None
+
+    @property
+    def body(self) -> bytes:
+        """The event's JSON, encoded on first read (raises ``PayloadTooLargeError``)."""
+        if self._cached_body is None:
+            self._cached_body = self.codec.encode_body(self.event)
+        return self._cached_body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The envelope as wire headers, made on first read."""
+        if self._cached_headers is None:
+            self._cached_headers = MappingProxyType(self.codec.encode_headers(self.envelope))
+        return self._cached_headers
+
+
+def _short_str(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_FIELD
+
+
+def _field(headers: Mapping[str, str], key: str) -> str:
+    value = headers.get(key)
+    if not _short_str(value):
+        raise MalformedMessageError(f"the {key!r} header is missing or not a short string")
+    assert isinstance(value, str)
+    return value
+
+
+def _version(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 9 or int(value) < 1:
+        raise MalformedMessageError(f"the version header {value!r} is not a positive integer")
+    return int(value)
+
+
+def _time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise MalformedMessageError(f"the time header {value!r} is not ISO 8601") from None
+    if parsed.tzinfo is None:
+        raise MalformedMessageError(f"the time header {value!r} has no timezone")
+    return parsed.astimezone(UTC)
+
+
+def _user_headers(raw: object) -> Mapping[str, str]:
+    if raw is None:
+        return MappingProxyType({})
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise MalformedMessageError("the headers header is not a JSON object of strings")
+    return MappingProxyType(parsed)
+
+
+def _summary(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False, include_input=False)[:1]
+        where = ".".join(str(p) for p in first[0]["loc"]) if first else ""
+        what = first[0]["msg"] if first else "invalid"
+        return f"{exc.error_count()} error(s), first at {where or '(root)'}: {what}"
+    return type(exc).__name__

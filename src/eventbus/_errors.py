@@ -1,0 +1,143 @@
+"""The exceptions eventbus raises, all under one root.
+
+::
+
+    EventBusError
+    ├── ConfigurationError          a subscriber, registry or policy is set up wrongly
+    │   └── DuplicateSubscriberError    two handlers for one event type in one group
+    ├── BusStateError               publish on a bus that is not started or already closed
+    ├── PublishError                publish() did not accept the event
+    │   ├── PublishTimeoutError         the transport stayed full past publish(timeout=)
+    │   └── PayloadTooLargeError        the encoded event exceeds the size limit
+    ├── ImmediateHandlerError       an immediate subscriber failed inside publish()
+    ├── HandlerTimeoutError         a handler attempt ran past its subscriber timeout
+    ├── DecodeError                 bytes from a transport are not a valid event
+    │   ├── UnknownEventError           the name is not a registered event type
+    │   ├── VersionMismatchError        the version differs from the registered one
+    │   └── MalformedMessageError       bad JSON, missing envelope fields, schema violation
+    ├── TransportError              the transport failed (the backend error is the __cause__)
+    │   └── TransportClosedError        the transport connection was closed
+    └── Retry                       raised by a handler to ask for another attempt
+
+pydantic's ``ValidationError`` is raised unchanged when an event is constructed with
+invalid fields; it is not wrapped, so that it behaves exactly as pydantic documents.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusStateError",
+    "ConfigurationError",
+    "DecodeError",
+    "DuplicateSubscriberError",
+    "EventBusError",
+    "HandlerTimeoutError",
+    "ImmediateHandlerError",
+    "MalformedMessageError",
+    "PayloadTooLargeError",
+    "PublishError",
+    "PublishTimeoutError",
+    "Retry",
+    "TransportClosedError",
+    "TransportError",
+    "UnknownEventError",
+    "VersionMismatchError",
+]
+
+
+class EventBusError(Exception):
+    """Root of every exception that eventbus raises on purpose."""
+
+
+class ConfigurationError(EventBusError, TypeError, ValueError):
+    """A subscriber, registry, policy or bus option was declared wrongly.
+
+    It is also a ``TypeError`` and a ``ValueError``: raised at decoration, include or
+    construction time, for a signature that does not fit or a value out of range.
+    """
+
+
+class DuplicateSubscriberError(ConfigurationError):
+    """Two subscribers of one group take the same event type."""
+
+
+class BusStateError(EventBusError, RuntimeError):
+    """The bus was used outside ``async with bus:`` (not started, or already closed)."""
+
+
+class PublishError(EventBusError):
+    """``publish()`` did not accept the event; nothing was written."""
+
+
+class PublishTimeoutError(PublishError, TimeoutError):
+    """The transport had no room for the event within ``publish(timeout=...)``."""
+
+
+class PayloadTooLargeError(PublishError, ValueError):
+    """The encoded payload is larger than the configured maximum."""
+
+
+class ImmediateHandlerError(EventBusError):
+    """An immediate subscriber failed inside ``publish()``.
+
+    The event itself was accepted (background groups still receive it); the failure of
+    the immediate handler is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, event_id: str, handler: str) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+        self.handler = handler
+
+
+class HandlerTimeoutError(EventBusError, TimeoutError):
+    """A handler attempt ran longer than its subscriber's ``timeout``; the attempt failed."""
+
+
+class DecodeError(EventBusError, ValueError):
+    """Bytes from a transport could not be turned into an event.
+
+    ``reason`` is a short machine-readable word kept with the dead letter.
+    """
+
+    reason = "undecodable"
+
+
+class UnknownEventError(DecodeError):
+    """The message names an event type that the application did not register."""
+
+    reason = "unknown-event"
+
+
+class VersionMismatchError(DecodeError):
+    """The message carries a version other than the registered event type's."""
+
+    reason = "wrong-version"
+
+
+class MalformedMessageError(DecodeError):
+    """Invalid JSON, missing or bad envelope fields, a schema violation, or too large."""
+
+    reason = "malformed"
+
+
+class TransportError(EventBusError):
+    """The transport failed; the backend's exception is the ``__cause__``."""
+
+
+class TransportClosedError(TransportError):
+    """The transport connection, or the subscription, was already closed."""
+
+
+class Retry(EventBusError):  # noqa: N818 - a request, not an error: `raise Retry(delay=5)`
+    """Raise from a handler to ask for another attempt.
+
+    ``delay`` (seconds) overrides the retry policy's backoff for this attempt. The attempt
+    still counts against ``max_attempts``.
+    """
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
+        if delay is not None and delay < 0:
+            raise ValueError("Retry(delay=...) must be >= 0")
+        super().__init__(message)
+        self.delay = delay

@@ -1,0 +1,60 @@
+"""The ``Event`` base class: an immutable pydantic model with a wire name and version."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Event"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+
+
+class Event(BaseModel):
+    """Something that happened, described by typed fields.
+
+    Subclass it and declare fields as on any pydantic model. Class keywords set how the
+    event is known on the wire::
+
+        class UserBanned(Event, name="user.banned", version=2, urgent=True):
+            user_id: str
+
+    - ``name``: the wire name (default: the class name). Letters, digits and ``. _ : -``,
+      at most 200 characters, so that it is safe in a Redis key.
+    - ``version``: a positive integer (default 1). Consumers refuse other versions.
+    - ``urgent``: served before background events by every group (default False).
+
+    Instances are frozen: assigning a field raises. Nested containers should be tuples
+    or frozen models too, since subscribers in one process share the same instance.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    event_name: ClassVar[str] = "Event"
+    event_version: ClassVar[int] = 1
+    event_urgent: ClassVar[bool] = False
+
+    def __init_subclass__(
+        cls,
+        *,
+        name: str | None = None,
+        version: int = 1,
+        urgent: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__name__ if name is None else name
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TypeError(
+                f"event name {name!r} of {cls.__qualname__} must be 1-200 characters of "
+                "letters, digits and . _ : - starting with a letter or digit"
+            )
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise TypeError(f"event version of {cls.__qualname__} must be an int >= 1")
+        if not isinstance(urgent, bool):
+            raise TypeError(f"urgent= of {cls.__qualname__} must be True or False")
+        cls.event_name = name
+        cls.event_version = version
+        cls.event_urgent = urgent

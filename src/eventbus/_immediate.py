@@ -1,0 +1,74 @@
+"""Immediate subscribers: handlers that run inside ``publish()`` before it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+
+from ._context import Context, _Publish
+from ._envelope import Envelope
+from ._errors import ImmediateHandlerError
+from ._event import Event
+from ._handling import call_handler, log_extra, logger
+from ._middleware import Middleware
+from ._subscriber import Subscriber
+
+__all__ = ["run_immediate"]
+
+
+async def run_immediate(
+    subscribers: Sequence[Subscriber],
+    event: Event,
+    envelope: Envelope,
+    publish: _Publish,
+    middleware: Sequence[Middleware],
+) -> None:
+    """Run each immediate subscriber with its retry policy, one after the other.
+
+    Every subscriber runs even when an earlier one failed; then the first failure is
+    raised as ``ImmediateHandlerError`` (its cause is the handler's exception).
+    """
+    first: ImmediateHandlerError | None = None
+    for sub in subscribers:
+        try:
+            await _attempts(sub, event, envelope, publish, middleware)
+        except Exception as exc:
+            logger.error(
+                "immediate subscriber %s failed",
+                sub.name,
+                extra=log_extra(envelope.id, envelope.name, sub.group, 0, handler=sub.name),
+            )
+            if first is None:
+                first = ImmediateHandlerError(
+                    f"immediate subscriber {sub.name} failed on {envelope.name} {envelope.id}: "
+                    f"{type(exc).__name__}",
+                    event_id=envelope.id,
+                    handler=sub.name,
+                )
+                first.__cause__ = exc
+    if first is not None:
+        raise first
+
+
+async def _attempts(
+    sub: Subscriber,
+    event: Event,
+    envelope: Envelope,
+    publish: _Publish,
+    middleware: Sequence[Middleware],
+) -> None:
+    attempt = 1
+    while True:
+        attempt_envelope = envelope.with_attempt(attempt)
+        context = None
+        if sub.takes_context or middleware:
+            context = Context(attempt_envelope, sub.group, publish)
+        try:
+            await call_handler(sub, event, context, middleware)
+            return
+        except Exception as exc:
+            if not sub.retry.should_retry(exc, attempt):
+                raise
+            await anyio.sleep(sub.retry.delay(attempt, exc))
+            attempt += 1

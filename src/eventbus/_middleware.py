@@ -1,0 +1,36 @@
+"""``Middleware``: code around every publish and every handler call."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ._context import Context
+from ._envelope import Envelope
+from ._event import Event
+
+__all__ = ["Middleware", "Next"]
+
+Next = Callable[[], Awaitable[None]]
+
+
+class Middleware:
+    """Subclass and override either method; each must await ``call_next()`` exactly once
+    (or raise to stop the chain).
+
+    - ``on_publish`` wraps the write of one event to the transport and its immediate
+      subscribers. An exception here reaches the publisher.
+    - ``on_handle`` wraps one handler attempt. An exception here counts as a failure of
+      the attempt (retried or dead-lettered by the subscriber's policy).
+
+    Middlewares run in the order given to ``EventBus(middleware=[...])``, the first
+    outermost. They see events and envelopes; they must not log payloads, which hold
+    personal data.
+    """
+
+    async def on_publish(self, event: Event, envelope: Envelope, call_next: Next) -> None:
+        """Around one publish. Default: just ``await call_next()``."""
+        await call_next()
+
+    async def on_handle(self, event: Event, context: Context, call_next: Next) -> None:
+        """Around one handler attempt. Default: just ``await call_next()``."""
+        await call_next()

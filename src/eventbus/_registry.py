@@ -1,0 +1,101 @@
+"""``Registry``: subscribers declared by a module, without a bus in hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from ._errors import DuplicateSubscriberError
+from ._retry import RetryPolicy
+from ._subscriber import Handler, Subscriber, make_subscriber
+
+__all__ = ["Registry"]
+
+H = TypeVar("H", bound=Handler)
+
+
+class Registry:
+    """A collection of subscribers, composed into a bus with ``bus.include(registry)``.
+
+    Each module of an application declares its handlers on its own registry; the
+    application includes them all into one bus, so that modules never import each other::
+
+        orders = Registry()
+
+        @orders.subscribe(group="email", retry=RetryPolicy(max_attempts=5))
+        async def send_confirmation(event: OrderCreated) -> None: ...
+
+    A registry is plain data: it holds no connection and may be included into several
+    buses. Two subscribers of one group for the same event type raise
+    ``DuplicateSubscriberError``, here or when registries are combined.
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(
+        self,
+        *,
+        group: str | None = None,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 1,
+        timeout: float | None = None,
+        mode: str = "background",
+    ) -> Callable[[H], H]:
+        """Decorate an ``async def handler(event: SomeEvent[, context])`` to subscribe it.
+
+        The event types come from the first parameter's annotation (``A | B`` takes
+        both). Options:
+
+        - ``group``: the delivery group (default: the handler's module-qualified name).
+          Every group gets every event; the workers of one group share them.
+        - ``retry``: a ``RetryPolicy`` (default ``RetryPolicy()``: 3 attempts).
+        - ``concurrency``: handler calls at once for this subscriber (default 1, which
+          keeps publish order).
+        - ``timeout``: seconds an attempt may take before it fails (default: no limit).
+        - ``mode``: ``"background"`` (default) runs after ``publish()`` returns;
+          ``"immediate"`` runs inside ``publish()``.
+
+        Returns the handler unchanged, so it stays callable in unit tests. Raises
+        ``ConfigurationError`` (a ``TypeError``) for a handler or option that does not fit.
+        """
+
+        def decorate(handler: H) -> H:
+            sub = make_subscriber(
+                handler,
+                group=group,
+                retry=retry,
+                concurrency=concurrency,
+                timeout=timeout,
+                mode=mode,
+            )
+            self.add(sub)
+            return handler
+
+        return decorate
+
+    def add(self, subscriber: Subscriber) -> None:
+        """Add a built subscriber; raises ``DuplicateSubscriberError`` on a clash."""
+        if any(s is subscriber for s in self._subscribers):
+            return
+        for existing in self._subscribers:
+            clash = set(existing.event_types) & set(subscriber.event_types)
+            if existing.group == subscriber.group and clash:
+                names = ", ".join(sorted(t.event_name for t in clash))
+                raise DuplicateSubscriberError(
+                    f"group {subscriber.group!r} already has a subscriber for {names} "
+                    f"({existing.name}); {subscriber.name} would be a second one. "
+                    "Give one of them another group=."
+                )
+        self._subscribers.append(subscriber)
+
+    def include(self, other: Registry) -> None:
+        """Add every subscriber of ``other`` (checked for clashes like ``add``)."""
+        for subscriber in other:
+            self.add(subscriber)
+
+    def __iter__(self) -> Iterator[Subscriber]:
+        return iter(list(self._subscribers))
+
+    def __len__(self) -> int:
+        return len(self._subscribers)

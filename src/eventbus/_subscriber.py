@@ -1,0 +1,126 @@
+"""``Subscriber``: a handler plus its delivery options, and how its event types are found."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._errors import ConfigurationError
+from ._event import Event
+from ._retry import RetryPolicy
+
+__all__ = ["Handler", "Mode", "Subscriber", "make_subscriber"]
+
+Mode = Literal["background", "immediate"]
+Handler = Callable[..., Awaitable[None]]
+
+_GROUP = re.compile(r"^[^\s{}]{1,200}$")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Subscriber:
+    """One handler and its options, as declared with ``@registry.subscribe``.
+
+    - ``event_types``: the event classes it takes (from the first parameter's annotation).
+    - ``group``: the unit of delivery; ``name``: the handler's qualified name for logs.
+    - ``takes_context``: whether the handler has a second parameter for the ``Context``.
+    """
+
+    handler: Handler
+    event_types: tuple[type[Event], ...]
+    group: str
+    retry: RetryPolicy
+    concurrency: int
+    timeout: float | None
+    mode: Mode
+    takes_context: bool
+    name: str
+
+
+def make_subscriber(
+    handler: Handler,
+    *,
+    group: str | None,
+    retry: RetryPolicy | None,
+    concurrency: int,
+    timeout: float | None,
+    mode: str,
+) -> Subscriber:
+    """Check a handler and its options and build its ``Subscriber``.
+
+    Raises ``ConfigurationError`` (a ``TypeError``) naming the handler and the problem.
+    """
+    name = f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)}"
+    if not inspect.iscoroutinefunction(handler):
+        raise ConfigurationError(f"handler {name} must be an `async def` function")
+    params = _positional_params(handler, name)
+    group = name if group is None else group
+    if not isinstance(group, str) or not _GROUP.match(group):
+        raise ConfigurationError(
+            f"group {group!r} of {name} must be 1-200 characters without spaces or braces"
+        )
+    if retry is None:
+        retry = RetryPolicy()
+    elif not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry= of {name} must be a RetryPolicy")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigurationError(f"concurrency= of {name} must be an int >= 1")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigurationError(f"timeout= of {name} must be a number of seconds > 0")
+    if mode not in ("background", "immediate"):
+        raise ConfigurationError(f"mode= of {name} must be 'background' or 'immediate'")
+    return Subscriber(
+        handler=handler,
+        event_types=_event_types(handler, params[0], name),
+        group=group,
+        retry=retry,
+        concurrency=concurrency,
+        timeout=None if timeout is None else float(timeout),
+        mode=typing.cast(Mode, mode),
+        takes_context=len(params) == 2,
+        name=name,
+    )
+
+
+def _positional_params(handler: Handler, name: str) -> list[inspect.Parameter]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = list(inspect.signature(handler).parameters.values())
+    positional = [p for p in params if p.kind in kinds]
+    required_rest = [
+        p
+        for p in params[len(positional) :]
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if not 1 <= len(positional) <= 2 or required_rest:
+        raise ConfigurationError(
+            f"handler {name} must take the event, and optionally a context: "
+            "`async def handler(event: MyEvent, context: Context) -> None`"
+        )
+    return positional
+
+
+def _event_types(handler: Handler, param: inspect.Parameter, name: str) -> tuple[type[Event], ...]:
+    try:
+        annotation = typing.get_type_hints(handler).get(param.name, param.annotation)
+    except Exception:  # an unresolvable forward reference: fall back to the raw annotation
+        annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        raise ConfigurationError(
+            f"handler {name}: annotate its first parameter with the Event subclass it takes"
+        )
+    members: tuple[Any, ...] = (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+    for member in members:
+        if not (isinstance(member, type) and issubclass(member, Event)) or member is Event:
+            raise ConfigurationError(
+                f"handler {name}: the annotation of its first parameter must be an Event "
+                f"subclass or a union of them, not {member!r}"
+            )
+    return tuple(dict.fromkeys(members))

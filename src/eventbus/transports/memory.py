@@ -1,0 +1,323 @@
+"""``InMemoryTransport``: delivery between buses of one process, the default transport."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from .._clock import Clock, MonotonicClock
+from .._errors import ConfigurationError, PublishTimeoutError, TransportClosedError
+from ._protocol import Delivery, Features, Message, StoredDeadLetter
+
+__all__ = ["InMemoryTransport"]
+
+
+@dataclass(eq=False)
+class _Group:
+    """One group on one topic: its ready queue, retries and waiting tasks."""
+
+    name: str
+    topic: str
+    ready: deque[Delivery] = field(default_factory=deque)
+    retries: list[tuple[float, int, Delivery]] = field(default_factory=list)
+    receivers: deque[anyio.Event] = field(default_factory=deque)
+    space: deque[anyio.Event] = field(default_factory=deque)
+
+    def wake_receiver(self) -> None:
+        while self.receivers:
+            waiter = self.receivers.popleft()
+            if not waiter.is_set():
+                waiter.set()
+                return
+
+    def wake_publisher(self) -> None:
+        if self.space:
+            self.space.popleft().set()
+
+
+class InMemoryTransport:
+    """Moves events between the buses of one process, through bounded queues.
+
+    - ``max_queue`` (default 10,000): messages waiting per group and topic. A publish to
+      a full group waits for room; ``publish(timeout=)`` raises ``PublishTimeoutError``.
+    - ``history`` (default 10,000): the last messages of each topic, kept so that a group
+      that subscribes later still receives what was published before it (0 keeps none).
+    - ``clock``: where retry delays are measured (``eventbus.testing.VirtualClock`` runs
+      them without waiting).
+    - ``serialize``: encode every message to bytes at publish and decode it again on
+      delivery, exactly as a network transport would (payload size limit included).
+      Off by default: events are immutable, so subscribers share the instance.
+
+    Nothing survives the process. Share one instance between buses to connect them.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_queue: int = 10_000,
+        history: int = 10_000,
+        clock: Clock | None = None,
+        serialize: bool = False,
+    ) -> None:
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise ConfigurationError("InMemoryTransport(max_queue=...) must be an int >= 1")
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ConfigurationError("InMemoryTransport(history=...) must be an int >= 0")
+        self._max_queue = max_queue
+        self._history_len = history
+        self._clock: Clock = clock or MonotonicClock()
+        self._serialize = serialize
+        self._groups: dict[str, dict[str, _Group]] = {}
+        self._history: dict[str, deque[tuple[str, Message]]] = {}
+        self._dead: list[StoredDeadLetter] = []
+        self._outstanding = 0
+        self._idle: list[anyio.Event] = []
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+
+    @property
+    def features(self) -> Features:
+        """History for late groups, bounded queues, nothing kept across a restart."""
+        return Features(history_for_new_groups=self._history_len > 0, bounded=True)
+
+    async def connect(self) -> _MemoryConnection:
+        """Open a connection for one bus."""
+        return _MemoryConnection(self)
+
+    # -- shared state, used by connections and subscriptions ------------------------
+
+    def _topic_groups(self, topic: str) -> dict[str, _Group]:
+        groups = self._groups.get(topic)
+        if groups is None:
+            groups = self._groups[topic] = {}
+            self._history[topic] = deque(maxlen=self._history_len)
+        return groups
+
+    async def _publish(self, topic: str, message: Message, timeout: float | None) -> str:
+        if self._serialize:
+            message = Message(bytes(message.body), dict(message.headers))
+        groups = self._topic_groups(topic)
+        full = [g for g in groups.values() if len(g.ready) >= self._max_queue]
+        if full:
+            await self._wait_for_room(groups, timeout)
+        mid = str(next(self._ids))
+        self._history[topic].append((mid, message))
+        for group in groups.values():
+            group.ready.append(Delivery(mid, topic, message))
+            self._outstanding += 1
+            if group.receivers:
+                group.wake_receiver()
+        return mid
+
+    async def _wait_for_room(self, groups: dict[str, _Group], timeout: float | None) -> None:
+        try:
+            with anyio.fail_after(timeout):
+                while full := [g for g in groups.values() if len(g.ready) >= self._max_queue]:
+                    waiter = anyio.Event()
+                    full[0].space.append(waiter)
+                    await waiter.wait()
+        except TimeoutError:
+            raise PublishTimeoutError(
+                f"no room in the queue within {timeout} s (max_queue={self._max_queue})"
+            ) from None
+
+    def _join(self, topic: str, group: str) -> _Group:
+        groups = self._topic_groups(topic)
+        state = groups.get(group)
+        if state is None:
+            state = groups[group] = _Group(group, topic)
+            for mid, message in self._history[topic]:
+                state.ready.append(Delivery(mid, topic, message))
+                self._outstanding += 1
+        return state
+
+    def _schedule(self, group: _Group, delivery: Delivery, delay: float) -> None:
+        due = self._clock.now() + max(0.0, delay)
+        heapq.heappush(group.retries, (due, next(self._seq), delivery))
+        group.wake_receiver()
+
+    def _promote_due(self, group: _Group) -> float | None:
+        """Move due retries to the front of the queue; return the next due time."""
+        now = self._clock.now()
+        due: list[Delivery] = []
+        while group.retries and group.retries[0][0] <= now:
+            due.append(heapq.heappop(group.retries)[2])
+        group.ready.extendleft(reversed(due))
+        return group.retries[0][0] if group.retries else None
+
+    def _finish(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            for waiter in self._idle:
+                waiter.set()
+            self._idle.clear()
+
+    def _add_dead_letter(self, group: str, delivery: Delivery, notes: Mapping[str, str]) -> None:
+        self._dead.append(
+            StoredDeadLetter(
+                id=f"dl-{next(self._ids)}",
+                message_id=delivery.id,
+                group=group,
+                topic=delivery.topic,
+                message=delivery.message,
+                attempt=delivery.attempt,
+                notes=dict(notes),
+            )
+        )
+        self._finish()
+
+    def _select(self, group: str | None, ids: Sequence[str] | None) -> list[StoredDeadLetter]:
+        wanted = None if ids is None else set(ids)
+        return [
+            d
+            for d in self._dead
+            if (group is None or d.group == group) and (wanted is None or d.id in wanted)
+        ]
+
+
+class _MemoryConnection:
+    """A bus's connection to an ``InMemoryTransport``."""
+
+    def __init__(self, transport: InMemoryTransport) -> None:
+        self._t = transport
+        self._subs: list[_MemorySubscription] = []
+        self._closed = False
+
+    async def publish(self, topic: str, message: Message, *, timeout: float | None = None) -> str:
+        """Queue ``message`` for every group of ``topic``; wait for room when full."""
+        if self._closed:
+            raise TransportClosedError("publish on a closed connection")
+        return await self._t._publish(topic, message, timeout)
+
+    async def subscribe(self, topic: str, group: str) -> _MemorySubscription:
+        """Join ``group`` on ``topic`` as a new consumer (creating the group when new)."""
+        if self._closed:
+            raise TransportClosedError("subscribe on a closed connection")
+        sub = _MemorySubscription(self._t, self._t._join(topic, group))
+        self._subs.append(sub)
+        return sub
+
+    async def wait_idle(self) -> None:
+        """Return once no group of the transport has unfinished messages."""
+        while self._t._outstanding > 0:
+            waiter = anyio.Event()
+            self._t._idle.append(waiter)
+            await waiter.wait()
+
+    async def dead_letters(self, group: str | None = None) -> Sequence[StoredDeadLetter]:
+        """The dead letters of ``group`` (all groups when None), oldest first."""
+        return self._t._select(group, None)
+
+    async def replay_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
+        """Queue the chosen dead letters again for their own group, as attempt 1."""
+        chosen = self._t._select(group, ids)
+        for dead in chosen:
+            self._t._dead.remove(dead)
+            state = self._t._topic_groups(dead.topic).get(dead.group) or self._t._join(
+                dead.topic, dead.group
+            )
+            state.ready.append(Delivery(dead.message_id, dead.topic, dead.message))
+            self._t._outstanding += 1
+            state.wake_receiver()
+        return len(chosen)
+
+    async def purge_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
+        """Delete the chosen dead letters."""
+        chosen = self._t._select(group, ids)
+        for dead in chosen:
+            self._t._dead.remove(dead)
+        return len(chosen)
+
+    async def aclose(self) -> None:
+        """Close every subscription of this connection, then the connection."""
+        self._closed = True
+        for sub in self._subs:
+            await sub.aclose()
+        self._subs.clear()
+
+
+class _MemorySubscription:
+    """One consumer of a group on a topic."""
+
+    def __init__(self, transport: InMemoryTransport, group: _Group) -> None:
+        self._t = transport
+        self._group = group
+        self._inflight: dict[Delivery, None] = {}
+        self._waiting: set[anyio.Event] = set()
+        self._closed = False
+
+    async def receive(self) -> Delivery | None:
+        """The next delivery (due retries first), or None once closed."""
+        group = self._group
+        while not self._closed:
+            next_due = self._t._promote_due(group) if group.retries else None
+            if group.ready:
+                delivery = group.ready.popleft()
+                self._inflight[delivery] = None
+                if group.space:
+                    group.wake_publisher()
+                return delivery
+            await self._wait(next_due)
+        return None
+
+    async def _wait(self, next_due: float | None) -> None:
+        waiter = anyio.Event()
+        self._group.receivers.append(waiter)
+        self._waiting.add(waiter)
+        try:
+            if next_due is None:
+                await waiter.wait()
+            else:
+                await self._t._clock.wait(waiter, next_due)
+        except BaseException:
+            if waiter.is_set():  # woken for a message, but leaving: pass the wake-up on
+                self._group.wake_receiver()
+            raise
+        finally:
+            self._waiting.discard(waiter)
+            if not waiter.is_set():
+                with contextlib.suppress(ValueError):
+                    self._group.receivers.remove(waiter)
+
+    def _take(self, delivery: Delivery) -> None:
+        if self._closed:
+            raise TransportClosedError("the subscription is closed")
+        try:
+            del self._inflight[delivery]
+        except KeyError:
+            raise TransportClosedError(f"{delivery!r} is not in flight here") from None
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Done with the message: never delivered to this group again."""
+        self._take(delivery)
+        self._t._finish()
+
+    async def nack(self, delivery: Delivery, delay: float, notes: Mapping[str, str]) -> None:
+        """Deliver the message to the group again after ``delay`` seconds."""
+        self._take(delivery)
+        retry = Delivery(delivery.id, delivery.topic, delivery.message, delivery.attempt + 1, notes)
+        self._t._schedule(self._group, retry, delay)
+
+    async def dead_letter(self, delivery: Delivery, notes: Mapping[str, str]) -> None:
+        """Keep the message among the group's dead letters."""
+        self._take(delivery)
+        self._t._add_dead_letter(self._group.name, delivery, notes)
+
+    async def aclose(self) -> None:
+        """Stop receiving; unacked deliveries go back to the front of the group's queue."""
+        if self._closed:
+            return
+        self._closed = True
+        for waiter in self._waiting:
+            waiter.set()
+        group = self._group
+        group.ready.extendleft(reversed(list(self._inflight)))
+        self._inflight.clear()
+        if group.ready:
+            group.wake_receiver()
