@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
@@ -85,7 +86,7 @@ class EventBus:
         self._conn: Connection | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._consumers: list[Consumer] = []
-        self._dead_errors: list[BaseException] = []
+        self._dead_errors: deque[BaseException] = deque(maxlen=100)
 
     # -- composing -------------------------------------------------------------------
 
@@ -162,7 +163,8 @@ class EventBus:
         return await self._close(exc_type, exc, tb)
 
     async def _start_consumers(self) -> None:
-        assert self._conn is not None and self._task_group is not None
+        assert self._conn is not None
+        assert self._task_group is not None
         for sub in self._registry:
             if sub.mode != "background":
                 continue
@@ -183,7 +185,8 @@ class EventBus:
             return None
         self._state = _State.STOPPING
         self.stopping = True
-        assert self._task_group is not None and self._conn is not None
+        assert self._task_group is not None
+        assert self._conn is not None
         for consumer in self._consumers:
             consumer.stop()
         self._task_group.start_soon(self._cancel_after_grace, self._task_group.cancel_scope)
@@ -300,9 +303,15 @@ class EventBus:
         """Delete dead letters (all of ``group`` when ``ids`` is None); return the count."""
         return await self._connection().purge_dead_letters(group, ids)
 
-    def record_dead_letter(self, error: BaseException) -> None:
-        """Remember the error of a dead letter for ``eventbus.testing.drain``."""
+    def _record_dead_letter(self, error: BaseException) -> None:
+        """Keep the error of a dead letter (the last 100) for ``eventbus.testing.drain``."""
         self._dead_errors.append(error)
+
+    def _take_dead_letter_errors(self) -> list[BaseException]:
+        """The errors that dead-lettered events since the last call, oldest first."""
+        errors = list(self._dead_errors)
+        self._dead_errors.clear()
+        return errors
 
     def _connection(self) -> Connection:
         if self._conn is None or self._state is _State.CLOSED:
@@ -325,5 +334,3 @@ def _checked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     ):
         raise PublishError("headers must map non-empty str keys to str values")
     return MappingProxyType(dict(headers))
-
-

@@ -25,12 +25,15 @@ _ERROR_BACKOFF = (0.05, 2.0)
 class Host(Protocol):
     """What a consumer needs from its bus."""
 
-    codec: Codec
-    middleware: Sequence[Middleware]
-    stopping: bool
-    publish: _Publish
-
-    def record_dead_letter(self, error: BaseException) -> None: ...
+    @property
+    def codec(self) -> Codec: ...
+    @property
+    def middleware(self) -> Sequence[Middleware]: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def publish(self) -> _Publish: ...
+    def _record_dead_letter(self, error: BaseException) -> None: ...
 
 
 class _Slot:
@@ -158,7 +161,7 @@ class Consumer:
         logger.error("%s gave up after %d attempt(s): %s", sub.name, attempt, reason, extra=extra)
         notes = failure_notes(error, reason=reason, handler=sub.name, first_failed_at=first)
         await self._subscription.dead_letter(delivery, notes)
-        self._host.record_dead_letter(error)
+        self._host._record_dead_letter(error)
 
     async def _undecodable(self, delivery: Delivery, error: DecodeError) -> None:
         logger.error(
@@ -170,6 +173,4 @@ class Consumer:
         )
         notes = failure_notes(error, reason=error.reason, handler=None, first_failed_at=None)
         await self._subscription.dead_letter(delivery, notes)
-        self._host.record_dead_letter(error)
-
-
+        self._host._record_dead_letter(error)

@@ -59,5 +59,3 @@ class Context:
     def __repr__(self) -> str:
         env = self.envelope
         return f"Context(event={env.name}:{env.id}, group={self.group!r}, attempt={env.attempt})"
-
-

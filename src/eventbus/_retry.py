@@ -81,7 +81,7 @@ class RetryPolicy:
         if isinstance(error, Retry) and error.delay is not None:
             return error.delay
         base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
-        return base * (1 - self.jitter * random.random())  # noqa: S311 - jitter, not crypto
+        return base * (1 - self.jitter * random.random())
 
 
 def _is_number(value: object) -> bool:

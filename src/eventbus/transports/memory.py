@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from .._clock import Clock, MonotonicClock
-from .._errors import ConfigurationError, PublishTimeoutError, TransportClosedError
+from eventbus._clock import Clock, MonotonicClock
+from eventbus._errors import ConfigurationError, PublishTimeoutError, TransportClosedError
+
 from ._protocol import Delivery, Features, Message, StoredDeadLetter
 
 __all__ = ["InMemoryTransport"]

@@ -1,0 +1,64 @@
+"""``capture``: the events a block of code published."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from eventbus._bus import EventBus
+from eventbus._envelope import Envelope
+from eventbus._event import Event
+from eventbus._middleware import Middleware, Next
+
+__all__ = ["Captured", "capture"]
+
+E = TypeVar("E", bound=Event)
+
+
+class Captured:
+    """What ``capture`` recorded: events and their envelopes, in publish order."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.envelopes: list[Envelope] = []
+
+    def of_type(self, event_type: type[E]) -> list[E]:
+        """The captured events of one type (subclasses included)."""
+        return [e for e in self.events if isinstance(e, event_type)]
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+
+class _Recorder(Middleware):
+    def __init__(self, into: Captured) -> None:
+        self._into = into
+
+    async def on_publish(self, event: Event, envelope: Envelope, call_next: Next) -> None:
+        await call_next()
+        self._into.events.append(event)
+        self._into.envelopes.append(envelope)
+
+
+@contextmanager
+def capture(bus: EventBus) -> Iterator[Captured]:
+    """Record every event that ``bus`` accepts while the block runs::
+
+        with capture(bus) as published:
+            await create_order(...)
+        assert published.of_type(OrderCreated)[0].order_id == "o-1"
+
+    Events still go to their subscribers. Only accepted events are recorded: a publish
+    that raised before the transport took the event is not.
+    """
+    captured = Captured()
+    recorder = _Recorder(captured)
+    bus.middleware.insert(0, recorder)
+    try:
+        yield captured
+    finally:
+        bus.middleware.remove(recorder)
