@@ -26,8 +26,8 @@ from collections.abc import AsyncIterator, Sequence
 import anyio
 import pytest
 
-from .._errors import PublishTimeoutError, TransportClosedError
-from ..transports._protocol import (
+from eventbus._errors import PublishTimeoutError, TransportClosedError
+from eventbus.transports._protocol import (
     Connection,
     Delivery,
     Message,
