@@ -1,0 +1,107 @@
+"""Immediate subscribers run inside publish(); urgent events skip the backlog."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventbus import Context, EventBus, ImmediateHandlerError, RetryPolicy
+from eventbus.testing import drain
+from tests.events import OrderCreated, UserBanned
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_immediate_handler_runs_before_publish_returns() -> None:
+    """mode="immediate" handles the event inside publish()."""
+    bus = EventBus()
+    blocked: list[str] = []
+
+    @bus.subscribe(group="auth", mode="immediate")
+    async def block(event: UserBanned, context: Context) -> None:
+        blocked.append(f"{event.user_id}@{context.attempt}")
+
+    async with bus:
+        await bus.publish(UserBanned(user_id="u-1"))
+        assert blocked == ["u-1@1"]
+
+
+async def test_immediate_failure_reaches_the_publisher_and_background_still_runs() -> None:
+    """An immediate handler's error is raised from publish(); background groups get it."""
+    bus = EventBus()
+    background: list[str] = []
+
+    @bus.subscribe(group="auth", mode="immediate", retry=RetryPolicy.none())
+    async def block(event: UserBanned) -> None:
+        raise PermissionError("auth store down")
+
+    @bus.subscribe(group="audit")
+    async def audit(event: UserBanned) -> None:
+        background.append(event.user_id)
+
+    async with bus:
+        with pytest.raises(ImmediateHandlerError, match="block") as info:
+            await bus.publish(UserBanned(user_id="u-1"))
+        assert isinstance(info.value.__cause__, PermissionError)
+        assert info.value.handler.endswith("block")
+        await drain(bus)
+    assert background == ["u-1"]
+
+
+async def test_immediate_handler_is_retried_inline() -> None:
+    """An immediate handler gets its retry policy's attempts inside publish()."""
+    bus = EventBus()
+    attempts: list[int] = []
+
+    @bus.subscribe(mode="immediate", retry=RetryPolicy(max_attempts=3, initial_delay=0))
+    async def flaky(event: UserBanned, context: Context) -> None:
+        attempts.append(context.attempt)
+        if context.attempt < 3:
+            raise ConnectionError("retry me")
+
+    async with bus:
+        await bus.publish(UserBanned(user_id="u-1"))
+    assert attempts == [1, 2, 3]
+
+
+async def test_all_immediate_handlers_run_even_when_one_fails() -> None:
+    """Every immediate subscriber runs; the first failure is raised afterwards."""
+    bus = EventBus()
+    ran: list[str] = []
+
+    @bus.subscribe(group="a", mode="immediate", retry=RetryPolicy.none())
+    async def first(event: UserBanned) -> None:
+        ran.append("a")
+        raise RuntimeError("a failed")
+
+    @bus.subscribe(group="b", mode="immediate")
+    async def second(event: UserBanned) -> None:
+        ran.append("b")
+
+    async with bus:
+        with pytest.raises(ImmediateHandlerError):
+            await bus.publish(UserBanned(user_id="u-1"))
+    assert ran == ["a", "b"]
+
+
+async def test_urgent_event_does_not_wait_behind_a_background_backlog() -> None:
+    """With 10,000 background events queued in a group, an urgent one is handled first."""
+    bus = EventBus()
+    background_done = 0
+    done_when_urgent_ran: list[int] = []
+
+    @bus.subscribe(group="auth")
+    async def slow_background(event: OrderCreated) -> None:
+        nonlocal background_done
+        background_done += 1
+
+    @bus.subscribe(group="auth")
+    async def on_ban(event: UserBanned) -> None:
+        done_when_urgent_ran.append(background_done)
+
+    async with bus:
+        for i in range(10_000):
+            await bus.publish(OrderCreated(order_id=str(i)))
+        await bus.publish(UserBanned(user_id="u-1"))
+        await drain(bus)
+    assert background_done == 10_000
+    assert done_when_urgent_ran[0] < 200
