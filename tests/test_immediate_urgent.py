@@ -105,3 +105,38 @@ async def test_urgent_event_does_not_wait_behind_a_background_backlog() -> None:
         await drain(bus)
     assert background_done == 10_000
     assert done_when_urgent_ran[0] < 200
+
+
+async def test_immediate_handler_without_context_gets_exactly_max_attempts() -> None:
+    """A plain immediate handler is called max_attempts times, then the error is raised."""
+    bus = EventBus()
+    calls = 0
+
+    @bus.subscribe(mode="immediate", retry=RetryPolicy(max_attempts=3, initial_delay=0))
+    async def always_fails(event: UserBanned) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError(f"call {calls}")
+
+    async with bus:
+        with pytest.raises(ImmediateHandlerError) as info:
+            await bus.publish(UserBanned(user_id="u-1"))
+    assert calls == 3
+    assert str(info.value.__cause__) == "call 3"
+
+
+async def test_immediate_handler_without_context_recovers_on_a_retry() -> None:
+    """A plain immediate handler that fails once succeeds on its second attempt."""
+    bus = EventBus()
+    calls = 0
+
+    @bus.subscribe(mode="immediate", retry=RetryPolicy(max_attempts=3, initial_delay=0))
+    async def once_flaky(event: UserBanned) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("first call fails")
+
+    async with bus:
+        await bus.publish(UserBanned(user_id="u-1"))
+    assert calls == 2

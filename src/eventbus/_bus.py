@@ -12,7 +12,7 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec, EventMessage
 from ._consumer import Consumer
 from ._deadletter import DeadLetter, from_stored
 from ._envelope import Envelope, EventIdGenerator
@@ -229,7 +229,7 @@ class EventBus:
         ``TransportError`` when the transport failed, and ``ImmediateHandlerError`` when
         an immediate subscriber failed (the event was published all the same).
         """
-        if self._state is not _State.RUNNING and self._state is not _State.STOPPING:
+        if self._conn is None or self._state is _State.CLOSED:
             raise BusStateError(f"publish() on a bus that is {self._state.value}")
         event_type = type(event)
         if not isinstance(event, Event) or event_type is Event:
@@ -246,8 +246,13 @@ class EventBus:
         )
         if self.middleware:
             await self._publish_through(0, event, envelope, timeout)
-        else:
-            await self._publish_now(event, envelope, timeout)
+            return envelope
+        await self._conn.publish(
+            envelope.name, EventMessage(event, envelope, self.codec), timeout=timeout
+        )
+        immediate = self._immediate.get(event_type)
+        if immediate:
+            await run_immediate(immediate, event, envelope, self.publish, self.middleware)
         return envelope
 
     async def _publish_through(
@@ -264,8 +269,9 @@ class EventBus:
 
     async def _publish_now(self, event: Event, envelope: Envelope, timeout: float | None) -> None:
         assert self._conn is not None
-        message = self.codec.message(event, envelope)
-        await self._conn.publish(envelope.name, message, timeout=timeout)
+        await self._conn.publish(
+            envelope.name, EventMessage(event, envelope, self.codec), timeout=timeout
+        )
         immediate = self._immediate.get(type(event))
         if immediate:
             await run_immediate(immediate, event, envelope, self.publish, self.middleware)

@@ -5,20 +5,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import NamedTuple
 
 __all__ = ["Envelope", "EventIdGenerator"]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """Metadata of one published event.
+class Envelope(NamedTuple):
+    """Metadata of one published event (an immutable named tuple).
 
-    - ``id``: unique and time-ordered (a UUIDv7 string); ids from one generator sort in
+    - ``id``: unique and time-ordered (a UUIDv7 string); ids from one bus sort in
       publish order.
     - ``name`` / ``version``: the event type on the wire.
     - ``occurred_at``: when ``publish()`` was called, timezone-aware UTC.
@@ -35,46 +34,52 @@ class Envelope:
     occurred_at: datetime
     correlation_id: str
     causation_id: str | None = None
-    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    headers: Mapping[str, str] = _EMPTY
     attempt: int = 1
 
     def with_attempt(self, attempt: int) -> Envelope:
-        """Return a copy with ``attempt`` set (the rest is shared)."""
-        return self if attempt == self.attempt else replace(self, attempt=attempt)
+        """Return a copy with ``attempt`` set (itself when it already has it)."""
+        return self if attempt == self.attempt else self._replace(attempt=attempt)
 
 
 class EventIdGenerator:
     """Makes UUIDv7 strings: 48 bits of Unix milliseconds, a 12-bit sequence, then 62
     random bits drawn once per generator.
 
-    Ids of one generator strictly increase (the sequence carries over when many ids fall
-    in one millisecond); two generators differ in their random bits. Not thread-safe:
-    each bus owns one.
+    Ids of one generator strictly increase (the sequence carries over to the next
+    millisecond when more than 4,096 ids fall in one); two generators differ in their
+    random bits. Not thread-safe: each bus owns one.
     """
 
-    __slots__ = ("_last_ms", "_seq", "_tail")
+    __slots__ = ("_last_ms", "_prefix", "_seq", "_suffix")
 
     def __init__(self) -> None:
-        self._tail = (0b10 << 62) | (int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1))
-        self._last_ms = 0
+        tail = (0b10 << 62) | (int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1))
+        hex_tail = f"{tail:016x}"
+        self._suffix = f"-{hex_tail[:4]}-{hex_tail[4:]}"
+        self._last_ms = -1
         self._seq = 0
+        self._prefix = ""
 
     def __call__(self) -> str:
         """Return the next id."""
         ms = time.time_ns() // 1_000_000
-        if ms <= self._last_ms:
+        if ms > self._last_ms:
+            self._last_ms, self._seq = ms, 0
+            self._prefix = _prefix(ms)
+        else:
             self._seq += 1
             if self._seq > 0xFFF:
-                self._last_ms += 1
-                self._seq = 0
-            ms = self._last_ms
-        else:
-            self._last_ms = ms
-            self._seq = 0
-        h = f"{(ms << 80) | (0x7000 | self._seq) << 64 | self._tail:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+                self._last_ms, self._seq = self._last_ms + 1, 0
+                self._prefix = _prefix(self._last_ms)
+        return f"{self._prefix}{0x7000 | self._seq:04x}{self._suffix}"
 
     @staticmethod
     def now() -> datetime:
         """The current time as a timezone-aware UTC datetime."""
         return datetime.now(UTC)
+
+
+def _prefix(ms: int) -> str:
+    h = f"{ms & 0xFFFFFFFFFFFF:012x}"
+    return f"{h[:8]}-{h[8:]}-"

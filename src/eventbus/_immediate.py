@@ -32,7 +32,13 @@ async def run_immediate(
     first: ImmediateHandlerError | None = None
     for sub in subscribers:
         try:
-            await _attempts(sub, event, envelope, publish, middleware)
+            if middleware or sub.takes_context or sub.timeout is not None:
+                await _attempts(sub, event, envelope, publish, middleware)
+            else:
+                try:
+                    await sub.handler(event)
+                except Exception as exc:
+                    await _later_attempts(sub, event, exc)
         except Exception as exc:
             logger.error(
                 "immediate subscriber %s failed",
@@ -49,6 +55,20 @@ async def run_immediate(
                 first.__cause__ = exc
     if first is not None:
         raise first
+
+
+async def _later_attempts(sub: Subscriber, event: Event, error: Exception) -> None:
+    """Attempts 2 and later of a handler that takes only the event."""
+    attempt = 1
+    while sub.retry.should_retry(error, attempt):
+        await anyio.sleep(sub.retry.delay(attempt, error))
+        attempt += 1
+        try:
+            await sub.handler(event)
+            return
+        except Exception as exc:
+            error = exc
+    raise error
 
 
 async def _attempts(

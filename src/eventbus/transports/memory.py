@@ -103,10 +103,14 @@ class InMemoryTransport:
     async def _publish(self, topic: str, message: Message, timeout: float | None) -> str:
         if self._serialize:
             message = Message(bytes(message.body), dict(message.headers))
-        groups = self._topic_groups(topic)
-        full = [g for g in groups.values() if len(g.ready) >= self._max_queue]
-        if full:
-            await self._wait_for_room(groups, timeout)
+        groups = self._groups.get(topic)
+        if groups is None:
+            groups = self._topic_groups(topic)
+        limit = self._max_queue
+        for group in groups.values():
+            if len(group.ready) >= limit:
+                await self._wait_for_room(groups, timeout)
+                break
         mid = str(next(self._ids))
         self._history[topic].append((mid, message))
         for group in groups.values():
