@@ -87,6 +87,7 @@ class EventBus:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._consumers: list[Consumer] = []
         self._dead_errors: deque[BaseException] = deque(maxlen=100)
+        self._serve_scope = anyio.CancelScope()
 
     # -- composing -------------------------------------------------------------------
 
@@ -143,10 +144,11 @@ class EventBus:
     async def __aenter__(self) -> EventBus:
         if self._state is not _State.NEW:
             raise BusStateError(f"a bus runs once; this one is {self._state.value}")
-        self._state = _State.RUNNING
         self._conn = await self.transport.connect()
+        self._state = _State.RUNNING
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        self._task_group.start_soon(self._serve_connection)
         try:
             await self._start_consumers()
         except BaseException as exc:
@@ -200,11 +202,18 @@ class EventBus:
                 self._state = _State.CLOSED
         return None
 
+    async def _serve_connection(self) -> None:
+        """Run the connection's background work until the consumers have stopped."""
+        assert self._conn is not None
+        with self._serve_scope:
+            await self._conn.serve()
+
     async def _cancel_after_grace(self, scope: anyio.CancelScope) -> None:
         """Wait for the consumer loops to finish; cancel them after the grace period."""
         with anyio.move_on_after(self._grace):
             for consumer in self._consumers:
                 await consumer.wait_stopped()
+            self._serve_scope.cancel()
             return
         logger.warning("handlers still running after %.1f s were cancelled", self._grace)
         scope.cancel()

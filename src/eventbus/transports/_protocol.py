@@ -180,6 +180,11 @@ class Connection(Protocol):
     async def purge_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
         """Delete these dead letters (all when ``ids`` is None); return the count."""
 
+    async def serve(self) -> None:
+        """Background work of the connection, such as keeping the leases of long-running
+        deliveries. The bus runs it in a task while the connection is open and cancels
+        it before ``aclose()``. May return at once when there is nothing to do."""
+
     async def aclose(self) -> None:
         """Close the subscriptions, then the connection. Idempotent."""
 

@@ -239,6 +239,9 @@ class _MemoryConnection:
             self._t._dead.remove(dead)
         return len(chosen)
 
+    async def serve(self) -> None:
+        """Nothing runs in the background of an in-memory connection."""
+
     async def aclose(self) -> None:
         """Close every subscription of this connection, then the connection."""
         self._closed = True
