@@ -98,9 +98,9 @@ class Codec:
         Raises ``UnknownEventError``, ``VersionMismatchError`` or
         ``MalformedMessageError``, never another exception.
         """
-        if isinstance(message, EventMessage) and self._types.get(
-            message.envelope.name
-        ) is type(message.event):
+        if isinstance(message, EventMessage) and self._types.get(message.envelope.name) is type(
+            message.event
+        ):
             return message.event, message.envelope.with_attempt(attempt)
         envelope = self.decode_envelope(message.headers, attempt)
         event_type = self._types.get(envelope.name)

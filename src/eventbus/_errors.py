@@ -8,6 +8,7 @@
     ├── BusStateError               publish on a bus that is not started or already closed
     ├── PublishError                publish() did not accept the event
     │   ├── PublishTimeoutError         the transport stayed full past publish(timeout=)
+    │   ├── PublishOutcomeUnknownError  sent, but no reply: the event may or may not be stored
     │   └── PayloadTooLargeError        the encoded event exceeds the size limit
     ├── ImmediateHandlerError       an immediate subscriber failed inside publish()
     ├── HandlerTimeoutError         a handler attempt ran past its subscriber timeout
@@ -36,6 +37,7 @@ __all__ = [
     "MalformedMessageError",
     "PayloadTooLargeError",
     "PublishError",
+    "PublishOutcomeUnknownError",
     "PublishTimeoutError",
     "Retry",
     "TransportClosedError",
@@ -71,6 +73,14 @@ class PublishError(EventBusError):
 
 class PublishTimeoutError(PublishError, TimeoutError):
     """The transport had no room for the event within ``publish(timeout=...)``."""
+
+
+class PublishOutcomeUnknownError(PublishError):
+    """The event was sent but the reply was lost: it may or may not have been stored.
+
+    Retrying blindly may publish it twice; consumers should be idempotent, or the
+    application can check before publishing again.
+    """
 
 
 class PayloadTooLargeError(PublishError, ValueError):

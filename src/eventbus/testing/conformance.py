@@ -22,6 +22,7 @@ backpressure scenario. Requires pytest.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -89,6 +90,21 @@ async def publish_range(conn: Connection, topic: str, indexes: Sequence[int]) ->
         await conn.publish(topic, message(i))
 
 
+@asynccontextmanager
+async def connected(transport: Transport) -> AsyncIterator[Connection]:
+    """A connection with its background work running, as a bus would hold it."""
+    conn = await transport.connect()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.serve)
+            try:
+                yield conn
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        await conn.aclose()
+
+
 class TransportConformance:
     """The scenarios. Subclasses provide the ``transport`` fixture."""
 
@@ -107,11 +123,8 @@ class TransportConformance:
     @pytest.fixture
     async def conn(self, transport: Transport) -> AsyncIterator[Connection]:
         """A connection to the transport, closed after the test."""
-        connection = await transport.connect()
-        try:
+        async with connected(transport) as connection:
             yield connection
-        finally:
-            await connection.aclose()
 
     async def test_round_trip_keeps_body_and_headers(self, conn: Connection) -> None:
         """A message arrives with its bytes, headers, topic and id intact, as attempt 1."""
@@ -136,8 +149,6 @@ class TransportConformance:
 
     async def test_concurrent_publishers_and_workers(self, transport: Transport) -> None:
         """Four publishers and three workers of one group: every message handled once."""
-        conns = [await transport.connect() for _ in range(3)]
-        subs = [await c.subscribe("orders", "g") for c in conns]
         seen: list[int] = []
 
         async def work(sub: Subscription) -> None:
@@ -145,16 +156,24 @@ class TransportConformance:
                 seen.append(index_of(delivery))
                 await sub.ack(delivery)
 
-        async with anyio.create_task_group() as workers:
-            for sub in subs:
-                workers.start_soon(work, sub)
-            async with anyio.create_task_group() as publishers:
-                for p in range(4):
-                    publishers.start_soon(publish_range, conns[p % 3], "orders", range(p, 400, 4))
-            with anyio.fail_after(_WAIT):
-                await conns[0].wait_idle()
-            for c in conns:
-                await c.aclose()
+        async with (
+            connected(transport) as c0,
+            connected(transport) as c1,
+            connected(transport) as c2,
+        ):
+            conns = [c0, c1, c2]
+            subs = [await c.subscribe("orders", "g") for c in conns]
+            async with anyio.create_task_group() as workers:
+                for sub in subs:
+                    workers.start_soon(work, sub)
+                async with anyio.create_task_group() as publishers:
+                    for p in range(4):
+                        conn = conns[p % 3]
+                        publishers.start_soon(publish_range, conn, "orders", range(p, 400, 4))
+                with anyio.fail_after(_WAIT):
+                    await c0.wait_idle()
+                for sub in subs:
+                    await sub.aclose()
         assert sorted(seen) == list(range(400))
 
     async def test_topic_isolation(self, conn: Connection) -> None:
@@ -211,21 +230,32 @@ class TransportConformance:
         assert await receive_and_ack(stock, 50) == list(range(50))
 
     async def test_members_of_a_group_share(self, transport: Transport) -> None:
-        """Two consumers of one group share its messages: one held is not given twice."""
-        a_conn, b_conn = await transport.connect(), await transport.connect()
-        try:
+        """Two consumers of one group share its messages, none given to both."""
+        async with connected(transport) as a_conn, connected(transport) as b_conn:
             a = await a_conn.subscribe("orders", "g")
             b = await b_conn.subscribe("orders", "g")
-            await publish_range(a_conn, "orders", [1, 2])
-            held = await receive(a)
-            other = await receive(b)
-            assert {index_of(held), index_of(other)} == {1, 2}
-            assert await nothing_within(b, 0.2)
-            await a.ack(held)
-            await b.ack(other)
-        finally:
-            await a_conn.aclose()
-            await b_conn.aclose()
+            await publish_range(a_conn, "orders", range(100))
+            first_a, first_b = await receive(a), await receive(b)
+            assert first_a.id != first_b.id
+            seen = {"a": [index_of(first_a)], "b": [index_of(first_b)]}
+            await a.ack(first_a)
+            await b.ack(first_b)
+
+            async def work(name: str, sub: Subscription) -> None:
+                while len(seen["a"]) + len(seen["b"]) < 100:
+                    with anyio.move_on_after(0.5):
+                        delivery = await sub.receive()
+                        assert delivery is not None
+                        seen[name].append(index_of(delivery))
+                        await sub.ack(delivery)
+
+            with anyio.fail_after(_WAIT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(work, "a", a)
+                    tg.start_soon(work, "b", b)
+        assert sorted(seen["a"] + seen["b"]) == list(range(100))
+        assert seen["a"]
+        assert seen["b"]
 
     async def test_order_with_one_worker(self, conn: Connection) -> None:
         """One consumer receives a topic's messages in publish order."""
@@ -235,19 +265,15 @@ class TransportConformance:
 
     async def test_unacked_delivery_is_redelivered_after_close(self, transport: Transport) -> None:
         """A delivery that a closed consumer never acked goes to another consumer."""
-        a_conn, b_conn = await transport.connect(), await transport.connect()
-        try:
-            a = await a_conn.subscribe("orders", "g")
-            await a_conn.publish("orders", message(1))
-            held = await receive(a)
-            await a_conn.aclose()
+        async with connected(transport) as b_conn:
+            async with connected(transport) as a_conn:
+                a = await a_conn.subscribe("orders", "g")
+                await a_conn.publish("orders", message(1))
+                held = await receive(a)
             b = await b_conn.subscribe("orders", "g")
             again = await receive(b)
             assert (again.id, index_of(again)) == (held.id, 1)
             await b.ack(again)
-        finally:
-            await a_conn.aclose()
-            await b_conn.aclose()
 
     async def test_close_is_idempotent(self, transport: Transport) -> None:
         """Closing a subscription or a connection twice is harmless."""
@@ -290,12 +316,13 @@ class TransportConformance:
         assert await receive_and_ack(stock, 2) == [1, 2]
         first = await receive(email)
         await email.nack(first, 0.0, {})
-        await email.dead_letter(await receive(email), {"reason": "retries-exhausted"})
-        await email.dead_letter(await receive(email), {"reason": "non-retryable"})
-        dead = await conn.dead_letters("email")
+        for _ in range(2):
+            delivery = await receive(email)
+            await email.dead_letter(delivery, {"reason": f"gave up on {index_of(delivery)}"})
+        dead = sorted(await conn.dead_letters("email"), key=index_of_dead)
         assert [(index_of_dead(d), d.attempt, d.notes["reason"]) for d in dead] == [
-            (1, 2, "retries-exhausted"),
-            (2, 1, "non-retryable"),
+            (1, 2, "gave up on 1"),
+            (2, 1, "gave up on 2"),
         ]
         assert all(d.group == "email" and d.topic == "orders" for d in dead)
         assert await conn.dead_letters("stock") == []
@@ -305,6 +332,7 @@ class TransportConformance:
         await email.ack(replayed)
         assert await nothing_within(stock, 0.2)
         assert [d.id for d in await conn.dead_letters(None)] == [dead[1].id]
+        assert dead[0].message_id == first.id
         assert await conn.purge_dead_letters("email", None) == 1
         assert await conn.dead_letters(None) == []
 

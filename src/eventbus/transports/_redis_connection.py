@@ -1,0 +1,344 @@
+"""A bus's connection to Redis: publish, subscribe, wait, dead letters, leases."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from eventbus._errors import (
+    PublishOutcomeUnknownError,
+    PublishTimeoutError,
+    TransportClosedError,
+    TransportError,
+)
+
+from ._protocol import Message, StoredDeadLetter
+from ._redis_scripts import ACK, DEAD_LETTER, PAYLOAD, PROMOTE, REPLAY, RETRY, Keys
+from ._redis_subscription import RedisSubscription, entry_message
+
+__all__ = ["RedisConnection", "Settings"]
+
+logger = logging.getLogger("eventbus.redis")
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+)
+_SEP = "\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The options of a ``RedisTransport`` (see its docstring)."""
+
+    url: str
+    prefix: str
+    claim_timeout: float
+    block: float
+    prefetch: int
+    delivery_limit: int
+    maxlen: int | None
+    publish_retry_for: float
+    health_check_interval: int
+
+
+class _Scripts:
+    """The Lua scripts, registered on one client."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.ack = client.register_script(ACK)
+        self.retry = client.register_script(RETRY)
+        self.promote = client.register_script(PROMOTE)
+        self.dead_letter = client.register_script(DEAD_LETTER)
+        self.replay = client.register_script(REPLAY)
+
+
+class RedisConnection:
+    """One bus's link to Redis: its own client (connection pool) and consumer name."""
+
+    connection_errors = _CONNECTION_ERRORS
+
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        # redis-py types its commands for sync and async clients at once; Any keeps the
+        # awaited results usable under mypy --strict.
+        self.client: Any = aioredis.Redis.from_url(
+            settings.url,
+            decode_responses=False,
+            retry=RedisRetry(NoBackoff(), 0),
+            health_check_interval=settings.health_check_interval,
+            socket_connect_timeout=5,
+        )
+        self.scripts = _Scripts(self.client)
+        self._subs: list[RedisSubscription] = []
+        self._closed = False
+
+    # -- publishing ----------------------------------------------------------------
+
+    async def publish(self, topic: str, message: Message, *, timeout: float | None = None) -> str:
+        """XADD the message to the topic's stream; return the entry id.
+
+        Raises ``PublishOutcomeUnknownError`` when the command was sent but no reply came
+        (the event may or may not be stored), ``PublishTimeoutError`` when Redis could not
+        be reached within ``timeout``, ``TransportError`` for other failures.
+        """
+        if self._closed:
+            raise TransportClosedError("publish on a closed connection")
+        body = message.body  # encodes a lazy message first: a too-large event fails here
+        fields: dict[str | bytes, str | bytes] = {}
+        for name, value in message.headers.items():
+            fields[name] = value
+        fields[PAYLOAD] = body
+        key = f"{self.settings.prefix}:{{{topic}}}"
+        try:
+            with anyio.fail_after(timeout):
+                return await self._xadd(key, fields)
+        except TimeoutError:
+            raise PublishTimeoutError(
+                f"Redis did not accept the event within {timeout} s"
+            ) from None
+
+    async def _xadd(self, key: str, fields: dict[str | bytes, str | bytes]) -> str:
+        failures = 0
+        while True:
+            pool: Any = self.client.connection_pool
+            try:
+                conn = await pool.get_connection()
+            except _CONNECTION_ERRORS as exc:  # nothing was sent: safe to try again
+                failures += 1
+                if failures * 0.25 > self.settings.publish_retry_for:
+                    raise TransportError("cannot reach Redis to publish") from exc
+                await self.backoff(failures, "publishing")
+                continue
+            try:
+                return await self._send_xadd(conn, key, fields)
+            finally:
+                await pool.release(conn)
+
+    async def _send_xadd(self, conn: Any, key: str, fields: dict[str | bytes, str | bytes]) -> str:
+        args: list[Any] = ["XADD", key]
+        if self.settings.maxlen is not None:
+            args += ["MAXLEN", "~", self.settings.maxlen]
+        args.append("*")
+        for name, value in fields.items():
+            args += [name, value]
+        try:
+            await conn.send_command(*args)
+            reply = await conn.read_response()
+        except ResponseError as exc:
+            raise TransportError(f"Redis refused the event: {exc}") from exc
+        except BaseException as exc:
+            await conn.disconnect()
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise PublishOutcomeUnknownError(
+                    "the connection to Redis broke after the event was sent; "
+                    "it may or may not be stored"
+                ) from exc
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+            raise
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    # -- subscribing ---------------------------------------------------------------
+
+    async def subscribe(self, topic: str, group: str) -> RedisSubscription:
+        """Create the group (from the stream's start) when missing and join it."""
+        if self._closed:
+            raise TransportClosedError("subscribe on a closed connection")
+        sub = RedisSubscription(self, topic, group, self.consumer)
+        await self._retrying(lambda: self.create_group(sub.keys, group), "creating a group")
+        await self._retrying(
+            lambda: self.client.sadd(self._registry_key, f"{topic}{_SEP}{group}"), "registering"
+        )
+        self._subs.append(sub)
+        return sub
+
+    @property
+    def _registry_key(self) -> str:
+        return f"{self.settings.prefix}:groups"
+
+    async def create_group(self, keys: Keys, group: str) -> None:
+        """XGROUP CREATE ... 0 MKSTREAM on the stream and the redeliver stream."""
+        for key in (keys.stream, keys.redeliver):
+            try:
+                await self.client.xgroup_create(key, group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def release(self, held: Mapping[str, list[str]], group: str) -> None:
+        """Make held entries claimable at once by the group's other consumers."""
+        idle = int(self.settings.claim_timeout * 1000) + 1
+        for key, ids in held.items():
+            if ids:
+                await self.client.xclaim(key, group, self.consumer, 0, ids, idle=idle, justid=True)
+
+    # -- background work -----------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Keep the leases of held entries: XCLAIM them to ourselves every so often."""
+        while not self._closed:
+            await anyio.sleep(self.settings.claim_timeout / 3)
+            for sub in list(self._subs):
+                for key, ids in sub.held_entries().items():
+                    if ids:
+                        try:
+                            await self.client.xclaim(
+                                key, sub.group, self.consumer, 0, ids, justid=True
+                            )
+                        except (RedisError, OSError):
+                            logger.warning("could not renew the lease of %d entries", len(ids))
+
+    # -- waiting and dead letters ----------------------------------------------------
+
+    async def _groups(self, group: str | None = None) -> list[tuple[str, str]]:
+        members = await self.client.smembers(self._registry_key)
+        pairs = [m.decode().split(_SEP, 1) for m in members]
+        return sorted((t, g) for t, g in pairs if group is None or g == group)
+
+    async def wait_idle(self) -> None:
+        """Poll until every known group has no unread, pending or scheduled entry."""
+        while not await self._idle():  # noqa: ASYNC110 - Redis has no idle notification
+            await anyio.sleep(0.02)
+
+    async def _idle(self) -> bool:
+        for topic, group in await self._groups():
+            keys = Keys.of(self.settings.prefix, topic, group)
+            if await self.client.zcard(keys.retry):
+                return False
+            for key in (keys.stream, keys.redeliver):
+                if not await self._stream_idle(key, group):
+                    return False
+        return True
+
+    async def _stream_idle(self, key: str, group: str) -> bool:
+        try:
+            info = await self.client.xinfo_stream(key)
+            groups = await self.client.xinfo_groups(key)
+        except ResponseError:
+            return True
+        last = info.get("last-generated-id")
+        for g in groups:
+            if g["name"] in (group, group.encode()):
+                return bool(g["pending"] == 0 and g["last-delivered-id"] == last)
+        return False
+
+    async def dead_letters(self, group: str | None = None) -> list[StoredDeadLetter]:
+        """Every dead letter of ``group`` (all groups when None), oldest first."""
+        out: list[StoredDeadLetter] = []
+        for topic, g in await self._groups(group):
+            key = Keys.of(self.settings.prefix, topic, g).dead
+            for entry_id, fields in await self.client.xrange(key):
+                out.append(_stored(topic, g, entry_id.decode(), fields))
+        return sorted(out, key=lambda d: d.id.split("@")[0])
+
+    async def replay_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
+        """Move dead letters back to their group's redeliver stream as attempt 1."""
+        count = 0
+        for dead in await self._chosen(group, ids):
+            keys = Keys.of(self.settings.prefix, dead.topic, dead.group)
+            entry = dead.id.split("@")[0]
+            count += int(await self.scripts.replay(keys=[keys.dead, keys.redeliver], args=[entry]))
+        return count
+
+    async def purge_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
+        """XDEL the chosen dead letters."""
+        count = 0
+        for dead in await self._chosen(group, ids):
+            key = Keys.of(self.settings.prefix, dead.topic, dead.group).dead
+            count += int(await self.client.xdel(key, dead.id.split("@")[0]))
+        return count
+
+    async def _chosen(self, group: str | None, ids: Sequence[str] | None) -> list[StoredDeadLetter]:
+        wanted = None if ids is None else set(ids)
+        return [d for d in await self.dead_letters(group) if wanted is None or d.id in wanted]
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def backoff(self, failures: int, doing: str) -> None:
+        """Sleep a capped, jittered, growing delay after a connection failure."""
+        delay = min(5.0, 0.25 * 2 ** min(failures - 1, 5)) * (0.5 + random.random() / 2)
+        logger.warning(
+            "Redis unreachable while %s (failure %d); retrying in %.2f s", doing, failures, delay
+        )
+        await anyio.sleep(delay)
+
+    async def _retrying(self, call: Any, doing: str) -> Any:
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except _CONNECTION_ERRORS:
+                failures += 1
+                if failures > 8:
+                    raise
+                await self.backoff(failures, doing)
+
+    async def check_server(self) -> None:
+        """Warn when Redis may evict streams or keeps nothing on disk."""
+        try:
+            policy = await self.client.config_get("maxmemory-policy")
+            aof = await self.client.config_get("appendonly")
+            save = await self.client.config_get("save")
+        except ResponseError:
+            return
+        value = _first(policy)
+        if value and value != "noeviction":
+            logger.warning(
+                "Redis maxmemory-policy is %s: it may evict streams; use noeviction", value
+            )
+        if _first(aof) != "yes" and not _first(save):
+            logger.warning(
+                "Redis persists nothing (appendonly no, no save): a restart loses events"
+            )
+
+    async def aclose(self) -> None:
+        """Close the subscriptions (handing back held entries), then the client."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            for sub in self._subs:
+                await sub.aclose()
+            self._subs.clear()
+            await self.client.aclose()
+
+
+def _first(reply: Mapping[Any, Any]) -> str:
+    for value in reply.values():
+        return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+def _stored(
+    topic: str, group: str, entry_id: str, fields: Mapping[bytes, bytes]
+) -> StoredDeadLetter:
+    message, meta = entry_message(fields)
+    raw_notes = meta.get("_dl_notes", "{}")
+    try:
+        notes = json.loads(raw_notes)
+    except ValueError:
+        notes = {}
+    attempt = meta.get("_dl_attempt", "1")
+    return StoredDeadLetter(
+        id=f"{entry_id}@{topic}@{group}",
+        message_id=meta.get("_dl_origin", entry_id),
+        group=group,
+        topic=topic,
+        message=message,
+        attempt=int(attempt) if attempt.isdigit() else 1,
+        notes=notes if isinstance(notes, dict) else {},
+    )

@@ -1,0 +1,167 @@
+"""Key names and the Lua scripts of the Redis transport.
+
+Every key of one event name shares the Redis Cluster hash tag ``{name}``, so each script
+touches keys of one slot. The scripts use the server's clock (``TIME``), never the
+client's, for retry due times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ACK",
+    "DEAD_LETTER",
+    "PROMOTE",
+    "REPLAY",
+    "RETRY",
+    "Keys",
+    "META_ATTEMPT",
+    "META_NOTES",
+    "META_ORIGIN",
+    "PAYLOAD",
+]
+
+PAYLOAD = "payload"
+META_ATTEMPT = "_attempt"
+META_NOTES = "_notes"
+META_ORIGIN = "_origin"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The keys of one group on one event name."""
+
+    stream: str
+    redeliver: str
+    retry: str
+    dead: str
+
+    @classmethod
+    def of(cls, prefix: str, topic: str, group: str) -> Keys:
+        """``prefix:{topic}`` and its per-group companions."""
+        stream = f"{prefix}:{{{topic}}}"
+        return cls(
+            stream=stream,
+            redeliver=f"{stream}:redeliver:{group}",
+            retry=f"{stream}:retry:{group}",
+            dead=f"{stream}:dead:{group}",
+        )
+
+
+# Fields of an entry without the transport's own bookkeeping fields (those starting "_").
+_COPY_FIELDS = """
+local function copy_fields(fields, out)
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 1) ~= '_' then
+      out[#out + 1] = fields[i]
+      out[#out + 1] = fields[i + 1]
+    end
+  end
+  return out
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: source stream. ARGV: group, entry id, delete (1 when source is a redeliver stream)
+ACK = """
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
+return n
+"""
+
+# KEYS: source stream, retry zset. ARGV: group, entry id, delete, delay ms, attempt,
+# notes, origin id. Writes the retry first, acknowledges second.
+RETRY = (
+    _COPY_FIELDS
+    + """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if #entries == 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  return 0
+end
+local fields = copy_fields(entries[1][2], {})
+local member = cmsgpack.pack({fields, ARGV[5], ARGV[6], ARGV[7], ARGV[2]})
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), member)
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
+return 1
+"""
+)
+
+# KEYS: retry zset, redeliver stream. ARGV: max entries to move.
+# Moves due retries to the redeliver stream; returns ms until the next one, or -1.
+PROMOTE = (
+    _COPY_FIELDS
+    + """
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  local item = cmsgpack.unpack(member)
+  local fields = item[1]
+  fields[#fields + 1] = '_attempt'
+  fields[#fields + 1] = item[2]
+  fields[#fields + 1] = '_notes'
+  fields[#fields + 1] = item[3]
+  fields[#fields + 1] = '_origin'
+  fields[#fields + 1] = item[4]
+  redis.call('XADD', KEYS[2], '*', unpack(fields))
+  redis.call('ZREM', KEYS[1], member)
+end
+local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #next_due == 0 then return -1 end
+return math.max(0, tonumber(next_due[2]) - now)
+"""
+)
+
+# KEYS: source stream, dead stream. ARGV: group, entry id, delete, topic, attempt, notes,
+# origin id. Keeps the raw fields of the entry (whatever bytes they hold), then acks.
+DEAD_LETTER = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+local out = {}
+if #entries > 0 then
+  local fields = entries[1][2]
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 1) ~= '_' then
+      out[#out + 1] = fields[i]
+      out[#out + 1] = fields[i + 1]
+    end
+  end
+end
+for _, pair in ipairs({{'_dl_topic', ARGV[4]}, {'_dl_group', ARGV[1]},
+                       {'_dl_attempt', ARGV[5]}, {'_dl_notes', ARGV[6]},
+                       {'_dl_origin', ARGV[7]}}) do
+  out[#out + 1] = pair[1]
+  out[#out + 1] = pair[2]
+end
+local id = redis.call('XADD', KEYS[2], '*', unpack(out))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
+return id
+"""
+
+# KEYS: dead stream, redeliver stream. ARGV: dead entry id.
+# Moves one dead letter back to its group as attempt 1; returns 1, or 0 when it is gone.
+REPLAY = (
+    _COPY_FIELDS
+    + """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entries == 0 then return 0 end
+local origin = ARGV[1]
+local raw = entries[1][2]
+for i = 1, #raw, 2 do
+  if raw[i] == '_dl_origin' then origin = raw[i + 1] end
+end
+local fields = copy_fields(raw, {})
+fields[#fields + 1] = '_attempt'
+fields[#fields + 1] = '1'
+fields[#fields + 1] = '_origin'
+fields[#fields + 1] = origin
+redis.call('XADD', KEYS[2], '*', unpack(fields))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"""
+)

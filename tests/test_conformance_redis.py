@@ -1,0 +1,39 @@
+"""The transport conformance suite, run against a private redis-server."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eventbus.testing.conformance import TransportConformance
+from eventbus.transports.redis import RedisTransport
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the session (tests use their own key prefix)."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis-py's client runs on asyncio only."""
+    return "asyncio"
+
+
+class TestRedisTransport(TransportConformance):
+    """RedisTransport passes every conformance scenario."""
+
+    @pytest.fixture
+    def transport(self, redis_server: RedisServer) -> RedisTransport:
+        """A transport on a fresh key prefix, with a short claim timeout."""
+        return RedisTransport(
+            redis_server.url, prefix=f"t{secrets.token_hex(4)}", claim_timeout=1.0, block=0.2
+        )
