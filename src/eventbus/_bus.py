@@ -87,7 +87,7 @@ class EventBus:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._consumers: list[Consumer] = []
         self._dead_errors: deque[BaseException] = deque(maxlen=100)
-        self._serve_scope = anyio.CancelScope()
+        self._serve_scope: anyio.CancelScope | None = None
 
     # -- composing -------------------------------------------------------------------
 
@@ -125,8 +125,7 @@ class EventBus:
         candidate = Registry()
         candidate.include(self._registry)
         candidate.include(registry)
-        for sub in registry:
-            self.codec.register(sub.event_types)
+        self.codec.register(t for sub in registry for t in sub.event_types)
         self._registry = candidate
         self._immediate = {}
         for sub in candidate:
@@ -147,6 +146,7 @@ class EventBus:
         self._conn = await self.transport.connect()
         self._state = _State.RUNNING
         self._task_group = anyio.create_task_group()
+        self._serve_scope = anyio.CancelScope()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._serve_connection)
         try:
@@ -205,6 +205,7 @@ class EventBus:
     async def _serve_connection(self) -> None:
         """Run the connection's background work until the consumers have stopped."""
         assert self._conn is not None
+        assert self._serve_scope is not None
         with self._serve_scope:
             await self._conn.serve()
 
@@ -213,7 +214,8 @@ class EventBus:
         with anyio.move_on_after(self._grace):
             for consumer in self._consumers:
                 await consumer.wait_stopped()
-            self._serve_scope.cancel()
+            if self._serve_scope is not None:
+                self._serve_scope.cancel()
             return
         logger.warning("handlers still running after %.1f s were cancelled", self._grace)
         scope.cancel()

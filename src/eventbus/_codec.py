@@ -49,14 +49,16 @@ class Codec:
 
     def register(self, event_types: Iterable[type[Event]]) -> None:
         """Make these event types decodable; a second class with a taken name is an error."""
+        merged = dict(self._types)
         for event_type in event_types:
-            known = self._types.setdefault(event_type.event_name, event_type)
+            known = merged.setdefault(event_type.event_name, event_type)
             if known is not event_type:
                 raise ConfigurationError(
                     f"two event classes share the name {event_type.event_name!r}: "
                     f"{known.__module__}.{known.__qualname__} and "
                     f"{event_type.__module__}.{event_type.__qualname__}"
                 )
+        self._types = merged
 
     def event_type(self, name: str) -> type[Event] | None:
         """The registered class for a wire name, or None."""

@@ -147,7 +147,7 @@ class Retry(EventBusError):  # noqa: N818 - a request, not an error: `raise Retr
     """
 
     def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
-        if delay is not None and delay < 0:
-            raise ValueError("Retry(delay=...) must be >= 0")
+        if delay is not None and not (delay >= 0 and delay != float("inf")):
+            raise ValueError("Retry(delay=...) must be a finite number of seconds >= 0")
         super().__init__(message)
         self.delay = delay

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Event"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 
 class Event(BaseModel):
@@ -46,7 +46,7 @@ class Event(BaseModel):
     ) -> None:
         super().__init_subclass__(**kwargs)
         name = cls.__name__ if name is None else name
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise TypeError(
                 f"event name {name!r} of {cls.__qualname__} must be 1-200 characters of "
                 "letters, digits and . _ : - starting with a letter or digit"

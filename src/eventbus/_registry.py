@@ -90,9 +90,12 @@ class Registry:
         self._subscribers.append(subscriber)
 
     def include(self, other: Registry) -> None:
-        """Add every subscriber of ``other`` (checked for clashes like ``add``)."""
+        """Add every subscriber of ``other``, or none when one clashes (like ``add``)."""
+        candidate = Registry()
+        candidate._subscribers = list(self._subscribers)
         for subscriber in other:
-            self.add(subscriber)
+            candidate.add(subscriber)
+        self._subscribers = candidate._subscribers
 
     def __iter__(self) -> Iterator[Subscriber]:
         return iter(list(self._subscribers))

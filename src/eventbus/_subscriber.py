@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import types
 import typing
@@ -19,7 +20,7 @@ __all__ = ["Handler", "Mode", "Subscriber", "make_subscriber"]
 Mode = Literal["background", "immediate"]
 Handler = Callable[..., Awaitable[None]]
 
-_GROUP = re.compile(r"^[^\s{}]{1,200}$")
+_GROUP = re.compile(r"[^\s{}]{1,200}")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -60,7 +61,7 @@ def make_subscriber(
         raise ConfigurationError(f"handler {name} must be an `async def` function")
     params = _positional_params(handler, name)
     group = name if group is None else group
-    if not isinstance(group, str) or not _GROUP.match(group):
+    if not isinstance(group, str) or not _GROUP.fullmatch(group):
         raise ConfigurationError(
             f"group {group!r} of {name} must be 1-200 characters without spaces or braces"
         )
@@ -70,7 +71,7 @@ def make_subscriber(
         raise ConfigurationError(f"retry= of {name} must be a RetryPolicy")
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigurationError(f"concurrency= of {name} must be an int >= 1")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+    if timeout is not None and not _positive_seconds(timeout):
         raise ConfigurationError(f"timeout= of {name} must be a number of seconds > 0")
     if mode not in ("background", "immediate"):
         raise ConfigurationError(f"mode= of {name} must be 'background' or 'immediate'")
@@ -87,17 +88,28 @@ def make_subscriber(
     )
 
 
+def _positive_seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def _positional_params(handler: Handler, name: str) -> list[inspect.Parameter]:
+    """The handler's required positional parameters: the event, then maybe the context."""
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     params = list(inspect.signature(handler).parameters.values())
-    positional = [p for p in params if p.kind in kinds]
-    required_rest = [
+    required = [p for p in params if p.default is inspect.Parameter.empty]
+    positional = [p for p in required if p.kind in kinds]
+    others = [
         p
-        for p in params[len(positional) :]
-        if p.default is inspect.Parameter.empty
+        for p in required
+        if p.kind not in kinds
         and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     ]
-    if not 1 <= len(positional) <= 2 or required_rest:
+    if not 1 <= len(positional) <= 2 or others or positional != required[: len(positional)]:
         raise ConfigurationError(
             f"handler {name} must take the event, and optionally a context: "
             "`async def handler(event: MyEvent, context: Context) -> None`"
@@ -106,10 +118,7 @@ def _positional_params(handler: Handler, name: str) -> list[inspect.Parameter]:
 
 
 def _event_types(handler: Handler, param: inspect.Parameter, name: str) -> tuple[type[Event], ...]:
-    try:
-        annotation = typing.get_type_hints(handler).get(param.name, param.annotation)
-    except Exception:  # an unresolvable forward reference: fall back to the raw annotation
-        annotation = param.annotation
+    annotation = _resolve(handler, param)
     if annotation is inspect.Parameter.empty:
         raise ConfigurationError(
             f"handler {name}: annotate its first parameter with the Event subclass it takes"
@@ -124,3 +133,19 @@ def _event_types(handler: Handler, param: inspect.Parameter, name: str) -> tuple
                 f"subclass or a union of them, not {member!r}"
             )
     return tuple(dict.fromkeys(members))
+
+
+def _resolve(handler: Handler, param: inspect.Parameter) -> Any:
+    """The first parameter's annotation, evaluated when it is a string.
+
+    Only this annotation is evaluated, so that the context's type may be imported under
+    ``if TYPE_CHECKING:``.
+    """
+    annotation = param.annotation
+    if not isinstance(annotation, str):
+        return annotation
+    namespace = dict(getattr(handler, "__globals__", {}))
+    try:
+        return eval(annotation, namespace)  # the handler's own source, as get_type_hints does
+    except Exception:
+        return annotation
