@@ -121,10 +121,10 @@ class Codec:
                 f"the body has {len(body)} bytes, more than the limit of {self.max_payload_bytes}"
             )
         try:
-            event = event_type.model_validate_json(body)
+            event = event_type.model_validate_json(bytes(body))
         except (ValidationError, ValueError, RecursionError) as exc:
             raise MalformedMessageError(
-                f"the payload is not a valid {envelope.name}: {_summary(exc)}"
+                f"the payload is not a valid {envelope.name}: {_summary(exc, event_type)}"
             ) from None
         return event, envelope
 
@@ -199,11 +199,13 @@ def _version(value: str) -> int:
 def _time(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise MalformedMessageError(f"the time header {value!r} is not ISO 8601") from None
-    if parsed.tzinfo is None:
-        raise MalformedMessageError(f"the time header {value!r} has no timezone")
-    return parsed.astimezone(UTC)
+        if parsed.tzinfo is None:
+            raise MalformedMessageError(f"the time header {value!r} has no timezone")
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise MalformedMessageError(
+            f"the time header {value!r} is not an ISO 8601 UTC time"
+        ) from None
 
 
 def _user_headers(raw: object) -> Mapping[str, str]:
@@ -220,10 +222,17 @@ def _user_headers(raw: object) -> Mapping[str, str]:
     return MappingProxyType(parsed)
 
 
-def _summary(exc: BaseException) -> str:
+def _summary(exc: BaseException, event_type: type[Event]) -> str:
+    """What went wrong, without quoting the payload (it holds personal data).
+
+    Only the error kind and the top-level field name are kept: pydantic's messages and
+    deeper locations may quote values or dict keys from the payload.
+    """
     if isinstance(exc, ValidationError):
-        first = exc.errors(include_url=False, include_input=False)[:1]
-        where = ".".join(str(p) for p in first[0]["loc"]) if first else ""
-        what = first[0]["msg"] if first else "invalid"
-        return f"{exc.error_count()} error(s), first at {where or '(root)'}: {what}"
+        first = exc.errors(include_url=False, include_input=False, include_context=False)[:1]
+        if not first:
+            return "invalid"
+        loc = first[0]["loc"]
+        field = loc[0] if loc and loc[0] in event_type.model_fields else "(payload)"
+        return f"{exc.error_count()} error(s), first at {field}: {first[0]['type']}"
     return type(exc).__name__
