@@ -25,7 +25,7 @@ from eventbus._errors import (
 )
 
 from ._protocol import Message, StoredDeadLetter
-from ._redis_scripts import ACK, DEAD_LETTER, PAYLOAD, PROMOTE, REPLAY, RETRY, Keys
+from ._redis_scripts import ACK, DEAD_LETTER, IDLE, PAYLOAD, PROMOTE, REPLAY, RETRY, Keys
 from ._redis_subscription import RedisSubscription, entry_message
 
 __all__ = ["RedisConnection", "Settings"]
@@ -63,6 +63,7 @@ class _Scripts:
         self.promote = client.register_script(PROMOTE)
         self.dead_letter = client.register_script(DEAD_LETTER)
         self.replay = client.register_script(REPLAY)
+        self.idle = client.register_script(IDLE)
 
 
 class RedisConnection:
@@ -217,24 +218,12 @@ class RedisConnection:
     async def _idle(self) -> bool:
         for topic, group in await self._groups():
             keys = Keys.of(self.settings.prefix, topic, group)
-            if await self.client.zcard(keys.retry):
+            idle = await self.scripts.idle(
+                keys=[keys.stream, keys.redeliver, keys.retry], args=[group]
+            )
+            if not idle:
                 return False
-            for key in (keys.stream, keys.redeliver):
-                if not await self._stream_idle(key, group):
-                    return False
         return True
-
-    async def _stream_idle(self, key: str, group: str) -> bool:
-        try:
-            info = await self.client.xinfo_stream(key)
-            groups = await self.client.xinfo_groups(key)
-        except ResponseError:
-            return True
-        last = info.get("last-generated-id")
-        for g in groups:
-            if g["name"] in (group, group.encode()):
-                return bool(g["pending"] == 0 and g["last-delivered-id"] == last)
-        return False
 
     async def dead_letters(self, group: str | None = None) -> list[StoredDeadLetter]:
         """Every dead letter of ``group`` (all groups when None), oldest first."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ACK",
+    "IDLE",
     "DEAD_LETTER",
     "PROMOTE",
     "REPLAY",
@@ -165,3 +166,25 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
 """
 )
+
+# KEYS: stream, redeliver stream, retry zset. ARGV: group.
+# 1 when the group has nothing unread, pending or scheduled on this event name (one
+# atomic look, so that an entry moving between the keys is never missed).
+IDLE = """
+local function stream_idle(key, group)
+  if redis.call('EXISTS', key) == 0 then return true end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local t = {}
+    for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+    if t['name'] == group then
+      if tonumber(t['pending']) > 0 then return false end
+      local after = redis.call('XRANGE', key, '(' .. t['last-delivered-id'], '+', 'COUNT', 1)
+      return #after == 0
+    end
+  end
+  return false
+end
+if redis.call('ZCARD', KEYS[3]) > 0 then return 0 end
+if stream_idle(KEYS[1], ARGV[1]) and stream_idle(KEYS[2], ARGV[1]) then return 1 end
+return 0
+"""

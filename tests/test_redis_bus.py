@@ -1,0 +1,149 @@
+"""The whole bus over a private redis-server: the README flow, retries, dead letters."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from eventbus import Context, EventBus, RetryPolicy
+from eventbus.testing import capture, drain
+from eventbus.transports.redis import RedisTransport
+from tests.events import OrderCreated, OrderPaid, UserBanned
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for this module."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis-bus")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis-py's client runs on asyncio only."""
+    return "asyncio"
+
+
+@pytest.fixture
+def transport(redis_server: RedisServer) -> RedisTransport:
+    """A Redis transport on a fresh key prefix."""
+    return RedisTransport(redis_server.url, prefix=f"b{secrets.token_hex(4)}", block=0.2)
+
+
+async def test_readme_flow_runs_on_redis(transport: RedisTransport) -> None:
+    """Publish, handle in two groups, drain, no dead letters: the README example."""
+    bus = EventBus(transport=transport)
+    seen: list[tuple[str, str]] = []
+
+    @bus.subscribe(group="email", retry=RetryPolicy(max_attempts=5))
+    async def send_confirmation(event: OrderCreated) -> None:
+        seen.append(("email", event.order_id))
+
+    @bus.subscribe(group="stock")
+    async def reserve(event: OrderCreated) -> None:
+        seen.append(("stock", event.order_id))
+
+    async with bus:
+        with capture(bus) as published:
+            await bus.publish(OrderCreated(order_id="o-1", total=Decimal("9.90")))
+        await drain(bus, timeout=10)
+        assert await bus.dead_letters() == []
+    assert sorted(seen) == [("email", "o-1"), ("stock", "o-1")]
+    assert len(published) == 1
+
+
+async def test_retries_and_dead_letters_live_in_redis(transport: RedisTransport) -> None:
+    """A failing handler is retried through Redis, then dead-lettered, then replayed."""
+    bus = EventBus(transport=transport)
+    attempts: list[int] = []
+    broken = True
+
+    @bus.subscribe(group="email", retry=RetryPolicy(max_attempts=3, initial_delay=0.05))
+    async def flaky(event: OrderCreated, context: Context) -> None:
+        attempts.append(context.attempt)
+        if broken:
+            raise ConnectionError("smtp down")
+
+    async with bus:
+        envelope = await bus.publish(OrderCreated(order_id="o-1"))
+        await drain(bus, reraise=False, timeout=10)
+        (dead,) = await bus.dead_letters("email")
+        assert (dead.reason, dead.attempts, dead.envelope and dead.envelope.id) == (
+            "retries-exhausted",
+            3,
+            envelope.id,
+        )
+        assert dead.event == OrderCreated(order_id="o-1")
+        broken = False
+        assert await bus.replay_dead_letters("email") == 1
+        await drain(bus, timeout=10)
+        assert await bus.dead_letters() == []
+    assert attempts == [1, 2, 3, 1]
+
+
+async def test_entries_from_other_programs_are_dead_lettered(
+    transport: RedisTransport, redis_server: RedisServer
+) -> None:
+    """Malformed entries written straight to the stream are dead-lettered; work goes on."""
+    bus = EventBus(transport=transport)
+    handled: list[str] = []
+
+    @bus.subscribe(group="stock")
+    async def stock(event: OrderPaid) -> None:
+        handled.append(event.order_id)
+
+    stream = f"{transport._settings.prefix}:{{OrderPaid}}"
+    good = {"id": "x", "name": "OrderPaid", "version": "1", "time": "2026-01-01T00:00:00Z"}
+    async with bus:
+        raw = aioredis.Redis.from_url(redis_server.url)
+        await raw.xadd(stream, {**good, "payload": b"{not json"})
+        await raw.xadd(stream, {"payload": b"{}"})
+        await raw.xadd(stream, {**good, "name": b"\xff\xfe", "payload": b"{}"})
+        await raw.xadd(stream, {**good, "version": "2", "payload": b'{"order_id": "a"}'})
+        await raw.xadd(stream, {**good, "payload": b'{"order_id": "ok"}'})
+        await raw.aclose()
+        await drain(bus, reraise=False, timeout=10)
+        dead = await bus.dead_letters("stock")
+    assert handled == ["ok"]
+    assert [d.reason for d in dead] == ["malformed", "malformed", "unknown-event", "wrong-version"]
+    assert dead[0].body == b"{not json"
+
+
+async def test_urgent_event_skips_a_background_backlog_on_redis(
+    transport: RedisTransport,
+) -> None:
+    """With 2,000 events queued in a group, an urgent one is handled long before them."""
+    worker = EventBus(transport=transport)
+    order: list[str] = []
+
+    @worker.subscribe(group="auth")
+    async def on_order(event: OrderCreated) -> None:
+        order.append("order")
+
+    @worker.subscribe(group="auth")
+    async def on_ban(event: UserBanned) -> None:
+        order.append("ban")
+
+    async with EventBus(transport=transport) as producer:
+        async with worker:  # creates the groups, then the producer fills the backlog
+            pass
+        for i in range(2000):
+            await producer.publish(OrderCreated(order_id=str(i)))
+        worker = EventBus(transport=transport)
+        worker.subscribe(group="auth")(on_order)
+        worker.subscribe(group="auth")(on_ban)
+        async with worker:
+            await producer.publish(UserBanned(user_id="u-1"))
+            await drain(worker, timeout=30)
+    assert order.count("order") == 2000
+    assert order.index("ban") < 100
