@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -103,7 +104,12 @@ async def test_entries_from_other_programs_are_dead_lettered(
         handled.append(event.order_id)
 
     stream = f"{transport._settings.prefix}:{{OrderPaid}}"
-    good = {"id": "x", "name": "OrderPaid", "version": "1", "time": "2026-01-01T00:00:00Z"}
+    good: dict[Any, Any] = {
+        "id": "x",
+        "name": "OrderPaid",
+        "version": "1",
+        "time": "2026-01-01T00:00Z",
+    }
     async with bus:
         raw = aioredis.Redis.from_url(redis_server.url)
         await raw.xadd(stream, {**good, "payload": b"{not json"})
