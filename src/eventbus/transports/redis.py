@@ -36,7 +36,8 @@ class RedisTransport:
     Options:
 
     - ``prefix``: key prefix (default ``eventbus``).
-    - ``consumer_name``: a stable worker name (a hostname, a pod name). A worker that
+    - ``consumer_name``: a stable worker name (a hostname, a pod name; also taken from
+      ``EVENTBUS_WORKER_NAME``, which ``eventbus worker --name`` sets). A worker that
       restarts under its old name first re-reads the entries it held. Default: host,
       pid and a random suffix, unique per bus.
     - ``claim_timeout``: seconds after which entries held by a silent consumer are taken
@@ -107,9 +108,10 @@ class RedisTransport:
         return conn
 
     def _consumer_name(self) -> str:
-        if self._name is None:
+        name = self._name or os.environ.get("EVENTBUS_WORKER_NAME")
+        if not name:
             return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        return self._name if self._connections == 1 else f"{self._name}-{self._connections}"
+        return name if self._connections == 1 else f"{name}-{self._connections}"
 
     def __repr__(self) -> str:
         return f"RedisTransport(prefix={self._settings.prefix!r}, url=<hidden>)"
