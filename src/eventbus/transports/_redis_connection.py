@@ -104,6 +104,8 @@ class RedisConnection:
             fields[name] = value
         fields[PAYLOAD] = body
         key = f"{self.settings.prefix}:{{{topic}}}"
+        if timeout is None:
+            return await self._xadd(key, fields)
         try:
             with anyio.fail_after(timeout):
                 return await self._xadd(key, fields)
