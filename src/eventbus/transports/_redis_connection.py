@@ -104,34 +104,45 @@ class RedisConnection:
             fields[name] = value
         fields[PAYLOAD] = body
         key = f"{self.settings.prefix}:{{{topic}}}"
+        sent: list[bool] = []
         if timeout is None:
-            return await self._xadd(key, fields)
+            return await self._xadd(key, fields, sent)
         try:
             with anyio.fail_after(timeout):
-                return await self._xadd(key, fields)
+                return await self._xadd(key, fields, sent)
         except TimeoutError:
+            if sent:
+                raise PublishOutcomeUnknownError(
+                    f"Redis did not confirm the event within {timeout} s after it was "
+                    "sent; it may or may not be stored"
+                ) from None
             raise PublishTimeoutError(
                 f"Redis did not accept the event within {timeout} s"
             ) from None
 
-    async def _xadd(self, key: str, fields: dict[str | bytes, str | bytes]) -> str:
+    async def _xadd(
+        self, key: str, fields: dict[str | bytes, str | bytes], sent: list[bool]
+    ) -> str:
         failures = 0
+        give_up = anyio.current_time() + self.settings.publish_retry_for
         while True:
             pool: Any = self.client.connection_pool
             try:
                 conn = await pool.get_connection()
             except _CONNECTION_ERRORS as exc:  # nothing was sent: safe to try again
                 failures += 1
-                if failures * 0.25 > self.settings.publish_retry_for:
+                if anyio.current_time() >= give_up:
                     raise TransportError("cannot reach Redis to publish") from exc
                 await self.backoff(failures, "publishing")
                 continue
             try:
-                return await self._send_xadd(conn, key, fields)
+                return await self._send_xadd(conn, key, fields, sent)
             finally:
                 await pool.release(conn)
 
-    async def _send_xadd(self, conn: Any, key: str, fields: dict[str | bytes, str | bytes]) -> str:
+    async def _send_xadd(
+        self, conn: Any, key: str, fields: dict[str | bytes, str | bytes], sent: list[bool]
+    ) -> str:
         args: list[Any] = ["XADD", key]
         if self.settings.maxlen is not None:
             args += ["MAXLEN", "~", self.settings.maxlen]
@@ -139,19 +150,20 @@ class RedisConnection:
         for name, value in fields.items():
             args += [name, value]
         try:
+            sent.append(True)  # from here on, Redis may have the command
             await conn.send_command(*args)
             reply = await conn.read_response()
         except ResponseError as exc:
             raise TransportError(f"Redis refused the event: {exc}") from exc
-        except BaseException as exc:
+        except _CONNECTION_ERRORS as exc:
             await conn.disconnect()
-            if isinstance(exc, _CONNECTION_ERRORS):
-                raise PublishOutcomeUnknownError(
-                    "the connection to Redis broke after the event was sent; "
-                    "it may or may not be stored"
-                ) from exc
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                raise
+            raise PublishOutcomeUnknownError(
+                "the connection to Redis broke after the event was sent; "
+                "it may or may not be stored"
+            ) from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect()  # a late reply must not reach the next command
             raise
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
