@@ -240,3 +240,24 @@ async def test_publish_outside_the_bus_lifetime_raises() -> None:
     with pytest.raises(BusStateError, match="runs once"):
         async with bus:
             pass
+
+
+async def test_publish_many_publishes_a_batch_in_order() -> None:
+    """publish_many returns one envelope per event and handlers see them in order."""
+    bus = EventBus()
+    seen: list[str] = []
+
+    @bus.subscribe()
+    async def record(event: OrderCreated) -> None:
+        seen.append(event.order_id)
+
+    async with bus:
+        envelopes = await bus.publish_many(
+            [OrderCreated(order_id=str(i)) for i in range(5)], correlation_id="batch-1"
+        )
+        await drain(bus)
+        with pytest.raises(PublishError):
+            await bus.publish_many([OrderCreated(order_id="x"), "nope"])  # type: ignore[list-item]
+    assert seen == ["0", "1", "2", "3", "4"]
+    assert [e.correlation_id for e in envelopes] == ["batch-1"] * 5
+    assert len({e.id for e in envelopes}) == 5

@@ -137,6 +137,18 @@ class TransportConformance:
         assert (delivery.id, delivery.topic, delivery.attempt) == (message_id, "orders", 1)
         await sub.ack(delivery)
 
+    async def test_publish_many_keeps_order_and_returns_ids(self, conn: Connection) -> None:
+        """publish_many stores a batch in order and returns one id per message."""
+        sub = await conn.subscribe("orders", "g")
+        ids = await conn.publish_many([("orders", message(i)) for i in range(50)])
+        assert len(set(ids)) == 50
+        deliveries = [await receive(sub) for _ in range(50)]
+        assert [index_of(d) for d in deliveries] == list(range(50))
+        assert [d.id for d in deliveries] == ids
+        for delivery in deliveries:
+            await sub.ack(delivery)
+        assert await conn.publish_many([]) == []
+
     async def test_no_loss_over_1000_events(self, conn: Connection) -> None:
         """1,000 published messages all reach the group, each once."""
         sub = await conn.subscribe("orders", "g")

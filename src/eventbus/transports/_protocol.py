@@ -163,6 +163,12 @@ class Connection(Protocol):
         after ``aclose()``, ``TransportError`` on a backend failure.
         """
 
+    async def publish_many(
+        self, items: Sequence[tuple[str, Message]], *, timeout: float | None = None
+    ) -> list[str]:
+        """Store each ``(topic, message)`` in order, in as few round trips as the backend
+        allows; return their ids. On an error, a first part of the batch may be stored."""
+
     async def subscribe(self, topic: str, group: str) -> Subscription:
         """Create the group on the topic when missing and join it as a new consumer."""
 

@@ -98,31 +98,50 @@ class RedisConnection:
         """
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
+        command = self._xadd_command(topic, message)
+        (reply,) = await self._send_with_timeout([command], timeout)
+        return reply
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, Message]], *, timeout: float | None = None
+    ) -> list[str]:
+        """XADD every message in one round trip (a pipeline, not a transaction)."""
+        if self._closed:
+            raise TransportClosedError("publish on a closed connection")
+        commands = [self._xadd_command(topic, message) for topic, message in items]
+        return await self._send_with_timeout(commands, timeout) if commands else []
+
+    def _xadd_command(self, topic: str, message: Message) -> list[Any]:
         body = message.body  # encodes a lazy message first: a too-large event fails here
-        fields: dict[str | bytes, str | bytes] = {}
+        command: list[Any] = ["XADD", f"{self.settings.prefix}:{{{topic}}}"]
+        if self.settings.maxlen is not None:
+            command += ["MAXLEN", "~", self.settings.maxlen]
+        command.append("*")
         for name, value in message.headers.items():
-            fields[name] = value
-        fields[PAYLOAD] = body
-        key = f"{self.settings.prefix}:{{{topic}}}"
+            command += [name, value]
+        command += [PAYLOAD, body]
+        return command
+
+    async def _send_with_timeout(
+        self, commands: list[list[Any]], timeout: float | None
+    ) -> list[str]:
         sent: list[bool] = []
         if timeout is None:
-            return await self._xadd(key, fields, sent)
+            return await self._send(commands, sent)
         try:
             with anyio.fail_after(timeout):
-                return await self._xadd(key, fields, sent)
+                return await self._send(commands, sent)
         except TimeoutError:
             if sent:
                 raise PublishOutcomeUnknownError(
-                    f"Redis did not confirm the event within {timeout} s after it was "
-                    "sent; it may or may not be stored"
+                    f"Redis did not confirm within {timeout} s after the event was sent; "
+                    "it may or may not be stored"
                 ) from None
             raise PublishTimeoutError(
                 f"Redis did not accept the event within {timeout} s"
             ) from None
 
-    async def _xadd(
-        self, key: str, fields: dict[str | bytes, str | bytes], sent: list[bool]
-    ) -> str:
+    async def _send(self, commands: list[list[Any]], sent: list[bool]) -> list[str]:
         failures = 0
         give_up = anyio.current_time() + self.settings.publish_retry_for
         while True:
@@ -136,25 +155,15 @@ class RedisConnection:
                 await self.backoff(failures, "publishing")
                 continue
             try:
-                return await self._send_xadd(conn, key, fields, sent)
+                return await self._send_on(conn, commands, sent)
             finally:
                 await pool.release(conn)
 
-    async def _send_xadd(
-        self, conn: Any, key: str, fields: dict[str | bytes, str | bytes], sent: list[bool]
-    ) -> str:
-        args: list[Any] = ["XADD", key]
-        if self.settings.maxlen is not None:
-            args += ["MAXLEN", "~", self.settings.maxlen]
-        args.append("*")
-        for name, value in fields.items():
-            args += [name, value]
+    async def _send_on(self, conn: Any, commands: list[list[Any]], sent: list[bool]) -> list[str]:
         try:
-            sent.append(True)  # from here on, Redis may have the command
-            await conn.send_command(*args)
-            reply = await conn.read_response()
-        except ResponseError as exc:
-            raise TransportError(f"Redis refused the event: {exc}") from exc
+            sent.append(True)  # from here on, Redis may have the commands
+            await conn.send_packed_command(conn.pack_commands(commands))
+            replies = [await _reply(conn) for _ in commands]
         except _CONNECTION_ERRORS as exc:
             await conn.disconnect()
             raise PublishOutcomeUnknownError(
@@ -165,7 +174,10 @@ class RedisConnection:
             with anyio.CancelScope(shield=True):
                 await conn.disconnect()  # a late reply must not reach the next command
             raise
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise TransportError(f"Redis refused an event: {reply}")
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 
     # -- subscribing ---------------------------------------------------------------
 
@@ -318,6 +330,14 @@ class RedisConnection:
                 await sub.aclose()
             self._subs.clear()
             await self.client.aclose()
+
+
+async def _reply(conn: Any) -> Any:
+    """One reply; an error reply is returned, not raised, so that the rest are still read."""
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 def _first(reply: Mapping[Any, Any]) -> str:

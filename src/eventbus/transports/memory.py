@@ -200,6 +200,12 @@ class _MemoryConnection:
             raise TransportClosedError("publish on a closed connection")
         return await self._t._publish(topic, message, timeout)
 
+    async def publish_many(
+        self, items: Sequence[tuple[str, Message]], *, timeout: float | None = None
+    ) -> list[str]:
+        """Queue each ``(topic, message)`` in order."""
+        return [await self.publish(topic, message, timeout=timeout) for topic, message in items]
+
     async def subscribe(self, topic: str, group: str) -> _MemorySubscription:
         """Join ``group`` on ``topic`` as a new consumer (creating the group when new)."""
         if self._closed:
