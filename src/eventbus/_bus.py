@@ -81,7 +81,8 @@ class EventBus:
         self._grace = float(shutdown_grace)
         self._registry = Registry()
         self._immediate: dict[type[Event], list[Subscriber]] = {}
-        self._ids = EventIdGenerator()
+        self._ids = EventIdGenerator().next_id
+        self._wire: dict[type[Event], tuple[str, int]] = {}
         self._state = _State.NEW
         self._conn: Connection | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -173,7 +174,8 @@ class EventBus:
             limiters = _lane_limiters(sub)
             for event_type in sub.event_types:
                 subscription = await self._conn.subscribe(event_type.event_name, sub.group)
-                consumer = Consumer(self, sub, subscription, limiters[event_type.event_urgent])
+                limiter = limiters[event_type.event_urgent]
+                consumer = Consumer(self, sub, subscription, limiter, event_type)
                 consumer.start(self._task_group)
                 self._consumers.append(consumer)
 
@@ -293,13 +295,18 @@ class EventBus:
         causation_id: str | None,
     ) -> Envelope:
         event_type = type(event)
-        if not isinstance(event, Event) or event_type is Event:
-            raise PublishError(f"publish() takes an Event subclass instance, not {event_type!r}")
+        wire = self._wire.get(event_type)
+        if wire is None:
+            if not isinstance(event, Event) or event_type is Event:
+                raise PublishError(
+                    f"publish() takes an Event subclass instance, not {event_type!r}"
+                )
+            wire = self._wire[event_type] = (event_type.event_name, event_type.event_version)
         event_id = self._ids()
         return Envelope(
             event_id,
-            event_type.event_name,
-            event_type.event_version,
+            wire[0],
+            wire[1],
             datetime.now(UTC),
             correlation_id or event_id,
             causation_id,

@@ -7,10 +7,11 @@ from typing import Protocol
 
 import anyio
 
-from ._codec import Codec
+from ._codec import Codec, EventMessage
 from ._context import Context, _Publish
 from ._deadletter import failure_notes
 from ._errors import DecodeError
+from ._event import Event
 from ._handling import call_handler, failure_reason, log_extra, logger
 from ._middleware import Middleware
 from ._subscriber import Subscriber
@@ -47,7 +48,7 @@ class _Slot:
 
 
 class Consumer:
-    """Runs ``subscriber.concurrency`` loops over one subscription.
+    """Runs ``subscriber.concurrency`` loops over one subscription of ``event_type``.
 
     Each loop receives a delivery, handles it and acks, retries or dead-letters it.
     ``stop()`` cancels the loops that are waiting for work and lets the busy ones finish
@@ -60,11 +61,16 @@ class Consumer:
         subscriber: Subscriber,
         subscription: Subscription,
         limiter: anyio.CapacityLimiter | None,
+        event_type: type[Event],
     ) -> None:
         self._host = host
         self._sub = subscriber
         self._subscription = subscription
         self._limiter = limiter
+        self._event_type = event_type
+        self._plain = (
+            limiter is None and subscriber.timeout is None and not subscriber.takes_context
+        )
         self._slots: set[_Slot] = set()
         self._stopped = anyio.Event()
 
@@ -105,7 +111,16 @@ class Consumer:
                     return
                 slot.busy = True
                 try:
-                    await self._handle(delivery)
+                    message = delivery.message
+                    if (
+                        self._plain
+                        and type(message) is EventMessage
+                        and type(message.event) is self._event_type
+                        and not host.middleware
+                    ):
+                        await self._handle_local(delivery, message)
+                    else:
+                        await self._handle(delivery)
                 finally:
                     slot.busy = False
                 failures = 0
@@ -117,6 +132,16 @@ class Consumer:
             handled += 1
             if handled % _CHECKPOINT_EVERY == 0:
                 await anyio.lowlevel.checkpoint()
+
+    async def _handle_local(self, delivery: Delivery, message: EventMessage) -> None:
+        """The fast path: an event from this process, a handler that takes only the event."""
+        try:
+            await self._sub.handler(message.event)
+        except Exception as exc:
+            envelope = message.envelope
+            await self._failed(delivery, envelope.id, envelope.name, exc)
+        else:
+            await self._subscription.ack(delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
         if self._limiter is not None:

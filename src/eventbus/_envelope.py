@@ -63,6 +63,10 @@ class EventIdGenerator:
 
     def __call__(self) -> str:
         """Return the next id."""
+        return self.next_id()
+
+    def next_id(self) -> str:
+        """Return the next id."""
         ms = time.time_ns() // 1_000_000
         if ms > self._last_ms:
             self._last_ms, self._seq = ms, 0
@@ -72,12 +76,15 @@ class EventIdGenerator:
             if self._seq > 0xFFF:
                 self._last_ms, self._seq = self._last_ms + 1, 0
                 self._prefix = _prefix(self._last_ms)
-        return f"{self._prefix}{0x7000 | self._seq:04x}{self._suffix}"
+        return self._prefix + _SEQUENCE[self._seq] + self._suffix
 
     @staticmethod
     def now() -> datetime:
         """The current time as a timezone-aware UTC datetime."""
         return datetime.now(UTC)
+
+
+_SEQUENCE = tuple(f"{0x7000 | seq:04x}" for seq in range(0x1000))
 
 
 def _prefix(ms: int) -> str:

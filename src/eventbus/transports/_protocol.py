@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
     "Subscription",
     "Transport",
 ]
+
+
+_NO_NOTES: Mapping[str, str] = MappingProxyType({})
 
 
 class Message:
@@ -89,7 +93,7 @@ class Delivery:
         self.topic = topic
         self.message = message
         self.attempt = attempt
-        self.notes: Mapping[str, str] = notes or {}
+        self.notes: Mapping[str, str] = notes or _NO_NOTES
 
     def __repr__(self) -> str:
         return f"Delivery(id={self.id!r}, topic={self.topic!r}, attempt={self.attempt})"

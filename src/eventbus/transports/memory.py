@@ -121,16 +121,22 @@ class InMemoryTransport:
         return mid
 
     async def _wait_for_room(self, groups: dict[str, _Group], timeout: float | None) -> None:
+        if timeout is None:
+            await self._room(groups)
+            return
         try:
             with anyio.fail_after(timeout):
-                while full := [g for g in groups.values() if len(g.ready) >= self._max_queue]:
-                    waiter = anyio.Event()
-                    full[0].space.append(waiter)
-                    await waiter.wait()
+                await self._room(groups)
         except TimeoutError:
             raise PublishTimeoutError(
                 f"no room in the queue within {timeout} s (max_queue={self._max_queue})"
             ) from None
+
+    async def _room(self, groups: dict[str, _Group]) -> None:
+        while full := [g for g in groups.values() if len(g.ready) >= self._max_queue]:
+            waiter = anyio.Event()
+            full[0].space.append(waiter)
+            await waiter.wait()
 
     def _join(self, topic: str, group: str) -> _Group:
         groups = self._topic_groups(topic)
