@@ -103,7 +103,8 @@ class Consumer:
                     self._stopped.set()
 
     async def _run(self, slot: _Slot) -> None:
-        host, receive, handled, failures = self._host, self._subscription.receive, 0, 0
+        host, handler, handled, failures = self._host, self._sub.handler, 0, 0
+        receive, ack = self._subscription.receive, self._subscription.ack
         while not host.stopping:
             try:
                 delivery = await receive()
@@ -117,8 +118,14 @@ class Consumer:
                         and type(message) is EventMessage
                         and type(message.event) is self._event_type
                         and not host.middleware
-                    ):
-                        await self._handle_local(delivery, message)
+                    ):  # the fast path: a local event, a handler that takes only the event
+                        try:
+                            await handler(message.event)
+                        except Exception as exc:
+                            envelope = message.envelope
+                            await self._failed(delivery, envelope.id, envelope.name, exc)
+                        else:
+                            await ack(delivery)
                     else:
                         await self._handle(delivery)
                 finally:
@@ -132,16 +139,6 @@ class Consumer:
             handled += 1
             if handled % _CHECKPOINT_EVERY == 0:
                 await anyio.lowlevel.checkpoint()
-
-    async def _handle_local(self, delivery: Delivery, message: EventMessage) -> None:
-        """The fast path: an event from this process, a handler that takes only the event."""
-        try:
-            await self._sub.handler(message.event)
-        except Exception as exc:
-            envelope = message.envelope
-            await self._failed(delivery, envelope.id, envelope.name, exc)
-        else:
-            await self._subscription.ack(delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
         if self._limiter is not None:

@@ -18,6 +18,8 @@ from ._protocol import Delivery, Features, Message, StoredDeadLetter
 
 __all__ = ["InMemoryTransport"]
 
+_MISSING = object()
+
 
 @dataclass(eq=False)
 class _Group:
@@ -99,26 +101,6 @@ class InMemoryTransport:
             groups = self._groups[topic] = {}
             self._history[topic] = deque(maxlen=self._history_len)
         return groups
-
-    async def _publish(self, topic: str, message: Message, timeout: float | None) -> str:
-        if self._serialize:
-            message = Message(bytes(message.body), dict(message.headers))
-        groups = self._groups.get(topic)
-        if groups is None:
-            groups = self._topic_groups(topic)
-        limit = self._max_queue
-        for group in groups.values():
-            if len(group.ready) >= limit:
-                await self._wait_for_room(groups, timeout)
-                break
-        mid = str(next(self._ids))
-        self._history[topic].append((mid, message))
-        for group in groups.values():
-            group.ready.append(Delivery(mid, topic, message))
-            self._outstanding += 1
-            if group.receivers:
-                group.wake_receiver()
-        return mid
 
     async def _wait_for_room(self, groups: dict[str, _Group], timeout: float | None) -> None:
         if timeout is None:
@@ -202,9 +184,27 @@ class _MemoryConnection:
 
     async def publish(self, topic: str, message: Message, *, timeout: float | None = None) -> str:
         """Queue ``message`` for every group of ``topic``; wait for room when full."""
+        t = self._t
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        return await self._t._publish(topic, message, timeout)
+        if t._serialize:
+            message = Message(bytes(message.body), dict(message.headers))
+        groups = t._groups.get(topic)
+        if groups is None:
+            groups = t._topic_groups(topic)
+        limit = t._max_queue
+        for group in groups.values():
+            if len(group.ready) >= limit:
+                await t._wait_for_room(groups, timeout)
+                break
+        mid = str(next(t._ids))
+        t._history[topic].append((mid, message))
+        for group in groups.values():
+            group.ready.append(Delivery(mid, topic, message))
+            t._outstanding += 1
+            if group.receivers:
+                group.wake_receiver()
+        return mid
 
     async def publish_many(
         self, items: Sequence[tuple[str, Message]], *, timeout: float | None = None
@@ -315,7 +315,8 @@ class _MemorySubscription:
 
     async def ack(self, delivery: Delivery) -> None:
         """Done with the message: never delivered to this group again."""
-        self._take(delivery)
+        if self._closed or self._inflight.pop(delivery, _MISSING) is _MISSING:
+            self._take(delivery)  # raises the right error
         self._t._finish()
 
     async def nack(self, delivery: Delivery, delay: float, notes: Mapping[str, str]) -> None:
