@@ -245,7 +245,20 @@ class EventBus:
         if self._conn is None or self._state is _State.CLOSED:
             raise BusStateError(f"publish() on a bus that is {self._state.value}")
         event_type = type(event)
-        envelope = self._envelope(event, headers, correlation_id, causation_id)
+        wire = self._wire.get(event_type)
+        if wire is None:  # first event of its type: check it once
+            envelope = self._envelope(event, headers, correlation_id, causation_id)
+        else:  # the hot path, inlined
+            event_id = self._ids()
+            envelope = Envelope(
+                event_id,
+                wire[0],
+                wire[1],
+                datetime.now(UTC),
+                correlation_id or event_id,
+                causation_id,
+                _EMPTY if headers is None else _checked_headers(headers),
+            )
         if self.middleware:
             await self._publish_through(0, event, envelope, timeout)
             return envelope

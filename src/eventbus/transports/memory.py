@@ -147,9 +147,12 @@ class InMemoryTransport:
     def _finish(self) -> None:
         self._outstanding -= 1
         if self._outstanding == 0:
-            for waiter in self._idle:
-                waiter.set()
-            self._idle.clear()
+            self._wake_idle()
+
+    def _wake_idle(self) -> None:
+        for waiter in self._idle:
+            waiter.set()
+        self._idle.clear()
 
     def _add_dead_letter(self, group: str, delivery: Delivery, notes: Mapping[str, str]) -> None:
         self._dead.append(
@@ -317,7 +320,10 @@ class _MemorySubscription:
         """Done with the message: never delivered to this group again."""
         if self._closed or self._inflight.pop(delivery, _MISSING) is _MISSING:
             self._take(delivery)  # raises the right error
-        self._t._finish()
+        t = self._t
+        t._outstanding -= 1
+        if t._outstanding == 0:
+            t._wake_idle()
 
     async def nack(self, delivery: Delivery, delay: float, notes: Mapping[str, str]) -> None:
         """Deliver the message to the group again after ``delay`` seconds."""
