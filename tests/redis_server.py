@@ -35,11 +35,14 @@ def _free_port() -> int:
 class RedisServer:
     """Starts, kills and restarts one redis-server process on a fixed port and dir."""
 
-    def __init__(self, directory: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, password: str | None = None, appendonly: bool = True
+    ) -> None:
         self.binary = redis_binary()
         self.directory = directory
         self.port = _free_port()
         self.password = password
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,7 +58,7 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always",
             "--save", "",
             "--enable-debug-command", "local",

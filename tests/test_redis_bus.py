@@ -153,3 +153,31 @@ async def test_urgent_event_skips_a_background_backlog_on_redis(
             await drain(worker, timeout=30)
     assert order.count("order") == 2000
     assert order.index("ban") < 100
+
+
+async def test_start_warns_about_eviction_and_missing_persistence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connecting warns when Redis may evict streams or keeps nothing on disk."""
+    server = RedisServer(tmp_path, appendonly=False)
+    server.start()
+    try:
+        admin = aioredis.Redis.from_url(server.url)
+        await admin.config_set("maxmemory-policy", "allkeys-lru")
+        await admin.aclose()
+        async with EventBus(transport=RedisTransport(server.url)):
+            pass
+    finally:
+        server.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "eventbus.redis"]
+    assert any("allkeys-lru" in w and "noeviction" in w for w in warnings)
+    assert any("persists nothing" in w for w in warnings)
+
+
+async def test_no_warning_for_a_safe_server(
+    transport: RedisTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server with append-only on and noeviction gives no warning."""
+    async with EventBus(transport=transport):
+        pass
+    assert [r for r in caplog.records if r.name == "eventbus.redis"] == []
