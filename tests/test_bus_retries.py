@@ -142,7 +142,7 @@ async def test_handler_timeout_fails_the_attempt() -> None:
             await drain(bus)
         (dead,) = await bus.dead_letters()
     assert attempts == [1, 2]
-    assert dead.error_type == "eventbus._errors.HandlerTimeoutError"
+    assert dead.error_type == "eventbus.HandlerTimeoutError"
 
 
 async def test_waiting_retry_does_not_block_the_group() -> None:

@@ -16,7 +16,7 @@ from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec, EventMessage
 from ._consumer import Consumer
 from ._deadletter import DeadLetter, from_stored
 from ._envelope import Envelope, EventIdGenerator
-from ._errors import BusStateError, ConfigurationError, PublishError
+from ._errors import BusStateError, ConfigurationError, ImmediateHandlerError, PublishError
 from ._event import Event
 from ._handling import logger
 from ._immediate import run_immediate
@@ -55,8 +55,11 @@ class EventBus:
     - ``middleware``: ``Middleware`` instances around every publish and handler call.
     - ``max_payload_bytes``: the largest encoded event (default 1 MiB), checked wherever
       an event is turned into bytes.
-    - ``shutdown_grace``: seconds that in-flight handlers get to finish when the bus
-      closes (default 10); what is still running then is cancelled and redelivered.
+    - ``shutdown_grace``: seconds the bus may take to close (default 10). Leaving
+      ``async with bus:`` stops taking new work and lets in-flight handlers finish; on a
+      transport that keeps nothing across a restart (in memory) it first handles what is
+      queued. What still runs at the deadline is cancelled, neither acked nor
+      dead-lettered, and redelivered to the next worker of its group.
 
     A bus is a worker of every group it has subscribers for: two buses on one transport
     share the events of a group. A bus without subscribers only publishes. A bus runs
@@ -188,12 +191,17 @@ class EventBus:
         if self._state is not _State.RUNNING:
             return None
         self._state = _State.STOPPING
-        self.stopping = True
         assert self._task_group is not None
         assert self._conn is not None
+        deadline = anyio.current_time() + self._grace
+        if exc is None and self._consumers and not self.transport.features.survives_restart:
+            await self._drain_before_stop()
+        self.stopping = True
         for consumer in self._consumers:
             consumer.stop()
-        self._task_group.start_soon(self._cancel_after_grace, self._task_group.cancel_scope)
+        self._task_group.start_soon(
+            self._cancel_after_grace, self._task_group.cancel_scope, deadline
+        )
         try:
             await self._task_group.__aexit__(None, None, None)
         finally:
@@ -211,9 +219,21 @@ class EventBus:
         with self._serve_scope:
             await self._conn.serve()
 
-    async def _cancel_after_grace(self, scope: anyio.CancelScope) -> None:
-        """Wait for the consumer loops to finish; cancel them after the grace period."""
-        with anyio.move_on_after(self._grace):
+    async def _drain_before_stop(self) -> None:
+        """Nothing outlives the process on this transport: finish queued work first."""
+        assert self._conn is not None
+        with anyio.move_on_after(self._grace) as scope:
+            await self._conn.wait_idle()
+        if scope.cancelled_caught:
+            logger.warning(
+                "events still queued after the shutdown grace of %.1f s stay in the "
+                "in-memory transport; they are lost when the process exits",
+                self._grace,
+            )
+
+    async def _cancel_after_grace(self, scope: anyio.CancelScope, deadline: float) -> None:
+        """Wait for the consumer loops to finish; cancel them at the deadline."""
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             for consumer in self._consumers:
                 await consumer.wait_stopped()
             if self._serve_scope is not None:
@@ -282,22 +302,34 @@ class EventBus:
         """Publish several events at once, in order; return their envelopes.
 
         The transport may send them in one round trip (Redis pipelines the writes). The
-        same errors as ``publish()``; on a failure part of the batch may have been
-        stored (``PublishOutcomeUnknownError`` says the outcome is unknown). Immediate
-        subscribers run after the whole batch is written.
+        same errors as ``publish()``; on a transport failure part of the batch may have
+        been stored (``PublishOutcomeUnknownError`` says the outcome is unknown).
+        Immediate subscribers run after the whole batch is written, for every event; the
+        first ``ImmediateHandlerError`` is raised after all of them ran.
         """
         conn = self._connection()
         batch = [(e, self._envelope(e, headers, correlation_id, causation_id)) for e in events]
+        first: ImmediateHandlerError | None = None
         if self.middleware:
             for event, envelope in batch:
-                await self._publish_through(0, event, envelope, timeout)
-            return [envelope for _, envelope in batch]
-        items = [(env.name, EventMessage(e, env, self.codec)) for e, env in batch]
-        await conn.publish_many(items, timeout=timeout)
-        for event, envelope in batch:
-            immediate = self._immediate.get(type(event))
-            if immediate:
-                await run_immediate(immediate, event, envelope, self.publish, self.middleware)
+                try:
+                    await self._publish_through(0, event, envelope, timeout)
+                except ImmediateHandlerError as exc:  # the event was published: go on
+                    first = first or exc
+        else:
+            items = [(env.name, EventMessage(e, env, self.codec)) for e, env in batch]
+            await conn.publish_many(items, timeout=timeout)
+            for event, envelope in batch:
+                immediate = self._immediate.get(type(event))
+                if immediate:
+                    try:
+                        await run_immediate(
+                            immediate, event, envelope, self.publish, self.middleware
+                        )
+                    except ImmediateHandlerError as exc:
+                        first = first or exc
+        if first is not None:
+            raise first
         return [envelope for _, envelope in batch]
 
     def _envelope(

@@ -70,7 +70,7 @@ class Codec:
 
     def encode_body(self, event: Event) -> bytes:
         """The event's JSON; raises ``PayloadTooLargeError`` past the size limit."""
-        body = event.__pydantic_serializer__.to_json(event)
+        body = event.__pydantic_serializer__.to_json(event, by_alias=True)
         if len(body) > self.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"{event.event_name} encodes to {len(body)} bytes, "

@@ -10,7 +10,7 @@ import anyio
 from ._codec import Codec, EventMessage
 from ._context import Context, _Publish
 from ._deadletter import failure_notes
-from ._errors import DecodeError
+from ._errors import DecodeError, MalformedMessageError
 from ._event import Event
 from ._handling import call_handler, failure_reason, log_extra, logger
 from ._middleware import Middleware
@@ -151,6 +151,10 @@ class Consumer:
         sub, host = self._sub, self._host
         try:
             event, envelope = host.codec.decode(delivery.message, delivery.attempt)
+            if type(event) is not self._event_type:
+                raise MalformedMessageError(
+                    f"a {envelope.name} event arrived on the topic of {self._event_type.event_name}"
+                )
         except DecodeError as exc:
             await self._undecodable(delivery, exc)
             return

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ._codec import Codec
+from ._codec import Codec, EventMessage
 from ._envelope import Envelope
-from ._errors import DecodeError
+from ._errors import DecodeError, PayloadTooLargeError
 from ._event import Event
 from .transports._protocol import StoredDeadLetter
 
@@ -69,15 +69,21 @@ def failure_notes(
 def from_stored(stored: StoredDeadLetter, codec: Codec) -> DeadLetter:
     """Build the public record, decoding the event when this codec can."""
     notes = stored.notes
+    message = stored.message
     envelope: Envelope | None = None
     event: Event | None = None
-    try:
-        event, envelope = codec.decode(stored.message, stored.attempt)
-    except DecodeError:
+    if isinstance(message, EventMessage):  # never left the process: no bytes to decode
+        event, envelope = message.event, message.envelope.with_attempt(stored.attempt)
+        body = _body_or_empty(message)
+    else:
+        body = bytes(message.body)
         try:
-            envelope = codec.decode_envelope(stored.message.headers, stored.attempt)
+            event, envelope = codec.decode(message, stored.attempt)
         except DecodeError:
-            envelope = None
+            try:
+                envelope = codec.decode_envelope(message.headers, stored.attempt)
+            except DecodeError:
+                envelope = None
     return DeadLetter(
         id=stored.id,
         group=stored.group,
@@ -91,9 +97,17 @@ def from_stored(stored: StoredDeadLetter, codec: Codec) -> DeadLetter:
         last_failed_at=_parse_time(notes.get("last_failed_at")),
         envelope=envelope,
         event=event,
-        headers=dict(stored.message.headers),
-        body=bytes(stored.message.body),
+        headers=dict(message.headers),
+        body=body,
     )
+
+
+def _body_or_empty(message: EventMessage) -> bytes:
+    """The event's bytes; empty when it is over the size limit (it never needed bytes)."""
+    try:
+        return message.body
+    except PayloadTooLargeError:
+        return b""
 
 
 def _parse_time(value: str | None) -> datetime:

@@ -151,3 +151,8 @@ class Retry(EventBusError):  # noqa: N818 - a request, not an error: `raise Retr
             raise ValueError("Retry(delay=...) must be a finite number of seconds >= 0")
         super().__init__(message)
         self.delay = delay
+
+
+for _name in __all__:
+    globals()[_name].__module__ = "eventbus"  # shown as eventbus.X in tracebacks and logs
+del _name

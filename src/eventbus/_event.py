@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ._errors import ConfigurationError
+
 __all__ = ["Event"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
@@ -47,14 +49,14 @@ class Event(BaseModel):
         super().__init_subclass__(**kwargs)
         name = cls.__name__ if name is None else name
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise TypeError(
+            raise ConfigurationError(
                 f"event name {name!r} of {cls.__qualname__} must be 1-200 characters of "
                 "letters, digits and . _ : - starting with a letter or digit"
             )
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise TypeError(f"event version of {cls.__qualname__} must be an int >= 1")
+            raise ConfigurationError(f"event version of {cls.__qualname__} must be an int >= 1")
         if not isinstance(urgent, bool):
-            raise TypeError(f"urgent= of {cls.__qualname__} must be True or False")
+            raise ConfigurationError(f"urgent= of {cls.__qualname__} must be True or False")
         cls.event_name = name
         cls.event_version = version
         cls.event_urgent = urgent

@@ -31,19 +31,23 @@ async def run_immediate(
     """
     first: ImmediateHandlerError | None = None
     for sub in subscribers:
+        tried = [1]
         try:
             if middleware or sub.takes_context or sub.timeout is not None:
-                await _attempts(sub, event, envelope, publish, middleware)
+                await _attempts(sub, event, envelope, publish, middleware, tried)
             else:
                 try:
                     await sub.handler(event)
                 except Exception as exc:
-                    await _later_attempts(sub, event, exc)
+                    await _later_attempts(sub, event, exc, tried)
         except Exception as exc:
+            extra = log_extra(envelope.id, envelope.name, sub.group, tried[0], handler=sub.name)
+            extra["error_type"] = type(exc).__name__
             logger.error(
-                "immediate subscriber %s failed",
+                "immediate subscriber %s failed after %d attempt(s)",
                 sub.name,
-                extra=log_extra(envelope.id, envelope.name, sub.group, 0, handler=sub.name),
+                tried[0],
+                extra=extra,
             )
             if first is None:
                 first = ImmediateHandlerError(
@@ -57,12 +61,15 @@ async def run_immediate(
         raise first
 
 
-async def _later_attempts(sub: Subscriber, event: Event, error: Exception) -> None:
+async def _later_attempts(
+    sub: Subscriber, event: Event, error: Exception, tried: list[int]
+) -> None:
     """Attempts 2 and later of a handler that takes only the event."""
     attempt = 1
     while sub.retry.should_retry(error, attempt):
         await anyio.sleep(sub.retry.delay(attempt, error))
         attempt += 1
+        tried[0] = attempt
         try:
             await sub.handler(event)
             return
@@ -77,9 +84,11 @@ async def _attempts(
     envelope: Envelope,
     publish: _Publish,
     middleware: Sequence[Middleware],
+    tried: list[int],
 ) -> None:
     attempt = 1
     while True:
+        tried[0] = attempt
         attempt_envelope = envelope.with_attempt(attempt)
         context = None
         if sub.takes_context or middleware:

@@ -51,7 +51,8 @@ class Registry:
           Every group gets every event; the workers of one group share them.
         - ``retry``: a ``RetryPolicy`` (default ``RetryPolicy()``: 3 attempts).
         - ``concurrency``: handler calls at once for this subscriber (default 1, which
-          keeps publish order).
+          keeps publish order), counted apart for its urgent and its background event
+          types, so that urgent events never wait for a slot.
         - ``timeout``: seconds an attempt may take before it fails (default: no limit).
         - ``mode``: ``"background"`` (default) runs after ``publish()`` returns;
           ``"immediate"`` runs inside ``publish()``.

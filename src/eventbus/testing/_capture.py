@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from eventbus._bus import EventBus
 from eventbus._envelope import Envelope
+from eventbus._errors import ImmediateHandlerError
 from eventbus._event import Event
 from eventbus._middleware import Middleware, Next
 
@@ -39,7 +40,14 @@ class _Recorder(Middleware):
         self._into = into
 
     async def on_publish(self, event: Event, envelope: Envelope, call_next: Next) -> None:
-        await call_next()
+        try:
+            await call_next()
+        except ImmediateHandlerError:  # accepted all the same
+            self._record(event, envelope)
+            raise
+        self._record(event, envelope)
+
+    def _record(self, event: Event, envelope: Envelope) -> None:
         self._into.events.append(event)
         self._into.envelopes.append(envelope)
 
