@@ -1,8 +1,17 @@
 """A worker application for the subprocess tests (`python -m eventbus worker ...`).
 
-Configured through the environment: ``EVENTBUS_TEST_REDIS_URL``, ``EVENTBUS_TEST_PREFIX``,
-``EVENTBUS_TEST_LEDGER`` (a file that gets one line per handled event, written with
-O_APPEND so that it survives ``kill -9``) and ``EVENTBUS_TEST_CLAIM_TIMEOUT``.
+Configured through the environment:
+
+- ``EVENTBUS_TEST_REDIS_URL``, ``EVENTBUS_TEST_PREFIX``;
+- ``EVENTBUS_TEST_LEDGER``: a file that gets one line per handler start and end
+  (``start ORDER PID`` / ``done ORDER PID``), written with O_APPEND so that it survives
+  ``kill -9``;
+- transport options ``EVENTBUS_TEST_CLAIM_TIMEOUT`` (default 2), ``EVENTBUS_TEST_PREFETCH``
+  (16), ``EVENTBUS_TEST_DELIVERY_LIMIT`` (3), ``EVENTBUS_TEST_BLOCK`` (0.2);
+- bus options ``EVENTBUS_TEST_GRACE`` (shutdown grace, default 5) and
+  ``EVENTBUS_TEST_MAX_PAYLOAD`` (max_payload_bytes, default 1 MiB);
+- subscriber options ``EVENTBUS_TEST_CONCURRENCY`` (4), ``EVENTBUS_TEST_HANDLER_TIMEOUT``
+  (1) and ``EVENTBUS_TEST_MAX_ATTEMPTS`` (2).
 
 What the handler does depends on the order id: ``crash-*`` kills the process
 (``os._exit``) before the handler finishes, ``slow-*`` takes ``EVENTBUS_TEST_SLOW``
@@ -29,23 +38,31 @@ def _ledger(line: str) -> None:
         os.close(fd)
 
 
+def _number(name: str, default: str) -> float:
+    return float(os.environ.get(f"EVENTBUS_TEST_{name}", default))
+
+
 def make_bus() -> EventBus:
     """The bus of one worker process."""
     transport = RedisTransport(
         os.environ["EVENTBUS_TEST_REDIS_URL"],
         prefix=os.environ.get("EVENTBUS_TEST_PREFIX", "eventbus"),
-        claim_timeout=float(os.environ.get("EVENTBUS_TEST_CLAIM_TIMEOUT", "2")),
-        block=0.2,
-        delivery_limit=3,
+        claim_timeout=_number("CLAIM_TIMEOUT", "2"),
+        block=_number("BLOCK", "0.2"),
+        prefetch=int(_number("PREFETCH", "16")),
+        delivery_limit=int(_number("DELIVERY_LIMIT", "3")),
     )
-    grace = float(os.environ.get("EVENTBUS_TEST_GRACE", "5"))
-    bus = EventBus(transport=transport, shutdown_grace=grace)
+    bus = EventBus(
+        transport=transport,
+        shutdown_grace=_number("GRACE", "5"),
+        max_payload_bytes=int(_number("MAX_PAYLOAD", str(1024 * 1024))),
+    )
 
     @bus.subscribe(
         group="ledger",
-        concurrency=int(os.environ.get("EVENTBUS_TEST_CONCURRENCY", "4")),
-        timeout=float(os.environ.get("EVENTBUS_TEST_HANDLER_TIMEOUT", "1")),
-        retry=RetryPolicy(max_attempts=2, initial_delay=0.05),
+        concurrency=int(_number("CONCURRENCY", "4")),
+        timeout=_number("HANDLER_TIMEOUT", "1"),
+        retry=RetryPolicy(max_attempts=int(_number("MAX_ATTEMPTS", "2")), initial_delay=0.05),
     )
     async def record(event: OrderCreated) -> None:
         order = event.order_id
@@ -53,7 +70,7 @@ def make_bus() -> EventBus:
         if order.startswith("crash"):
             os._exit(17)
         if order.startswith("slow"):
-            await anyio.sleep(float(os.environ.get("EVENTBUS_TEST_SLOW", "2")))
+            await anyio.sleep(_number("SLOW", "2"))
         if order.startswith("hang"):
             await anyio.sleep_forever()
         _ledger(f"done {order} {os.getpid()}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,21 @@ from eventbus._errors import (
 )
 
 from ._protocol import Message, StoredDeadLetter
-from ._redis_scripts import ACK, DEAD_LETTER, IDLE, PAYLOAD, PROMOTE, REPLAY, RETRY, Keys
-from ._redis_subscription import RedisSubscription, entry_message
+from ._redis_entries import entry_message
+from ._redis_scripts import (
+    ACK,
+    CLAIM_IDS,
+    DEAD_LETTER,
+    IDLE,
+    PAYLOAD,
+    PROMOTE,
+    REPLAY,
+    RETRY,
+    Keys,
+)
+from ._redis_subscription import RedisSubscription
 
-__all__ = ["RedisConnection", "Settings"]
+__all__ = ["RedisConnection", "Settings", "wrapped"]
 
 logger = logging.getLogger("eventbus.redis")
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -37,6 +49,15 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 _SEP = "\x1f"
+
+
+@asynccontextmanager
+async def wrapped(doing: str) -> AsyncIterator[None]:
+    """Turn redis-py's exceptions into ``TransportError`` (the original is the cause)."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise TransportError(f"Redis failed while {doing}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +85,7 @@ class _Scripts:
         self.dead_letter = client.register_script(DEAD_LETTER)
         self.replay = client.register_script(REPLAY)
         self.idle = client.register_script(IDLE)
+        self.claim_ids = client.register_script(CLAIM_IDS)
 
 
 class RedisConnection:
@@ -186,10 +208,12 @@ class RedisConnection:
         if self._closed:
             raise TransportClosedError("subscribe on a closed connection")
         sub = RedisSubscription(self, topic, group, self.consumer)
-        await self._retrying(lambda: self.create_group(sub.keys, group), "creating a group")
-        await self._retrying(
-            lambda: self.client.sadd(self._registry_key, f"{topic}{_SEP}{group}"), "registering"
-        )
+        async with wrapped("creating a consumer group"):
+            await self._retrying(lambda: self.create_group(sub.keys, group), "creating a group")
+            await self._retrying(
+                lambda: self.client.sadd(self._registry_key, f"{topic}{_SEP}{group}"),
+                "registering",
+            )
         self._subs.append(sub)
         return sub
 
@@ -238,8 +262,16 @@ class RedisConnection:
 
     async def wait_idle(self) -> None:
         """Poll until every known group has no unread, pending or scheduled entry."""
-        while not await self._idle():  # noqa: ASYNC110 - Redis has no idle notification
-            await anyio.sleep(0.02)
+        failures = 0
+        while True:
+            try:
+                if await self._idle():
+                    return
+                failures = 0
+                await anyio.sleep(0.02)  # Redis has no idle notification: poll
+            except _CONNECTION_ERRORS:
+                failures += 1
+                await self.backoff(failures, "waiting for the groups to finish")
 
     async def _idle(self) -> bool:
         for topic, group in await self._groups():
@@ -253,6 +285,10 @@ class RedisConnection:
 
     async def dead_letters(self, group: str | None = None) -> list[StoredDeadLetter]:
         """Every dead letter of ``group`` (all groups when None), oldest first."""
+        async with wrapped("listing dead letters"):
+            return await self._dead_letters(group)
+
+    async def _dead_letters(self, group: str | None) -> list[StoredDeadLetter]:
         out: list[StoredDeadLetter] = []
         for topic, g in await self._groups(group):
             key = Keys.of(self.settings.prefix, topic, g).dead
@@ -262,6 +298,10 @@ class RedisConnection:
 
     async def replay_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
         """Move dead letters back to their group's redeliver stream as attempt 1."""
+        async with wrapped("replaying dead letters"):
+            return await self._replay(group, ids)
+
+    async def _replay(self, group: str | None, ids: Sequence[str] | None) -> int:
         count = 0
         for dead in await self._chosen(group, ids):
             keys = Keys.of(self.settings.prefix, dead.topic, dead.group)
@@ -271,6 +311,10 @@ class RedisConnection:
 
     async def purge_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
         """XDEL the chosen dead letters."""
+        async with wrapped("purging dead letters"):
+            return await self._purge(group, ids)
+
+    async def _purge(self, group: str | None, ids: Sequence[str] | None) -> int:
         count = 0
         for dead in await self._chosen(group, ids):
             key = Keys.of(self.settings.prefix, dead.topic, dead.group).dead
@@ -279,7 +323,7 @@ class RedisConnection:
 
     async def _chosen(self, group: str | None, ids: Sequence[str] | None) -> list[StoredDeadLetter]:
         wanted = None if ids is None else set(ids)
-        return [d for d in await self.dead_letters(group) if wanted is None or d.id in wanted]
+        return [d for d in await self._dead_letters(group) if wanted is None or d.id in wanted]
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -304,11 +348,12 @@ class RedisConnection:
 
     async def check_server(self) -> None:
         """Warn when Redis may evict streams or keeps nothing on disk."""
+        await self.client.ping()  # raises when Redis is unreachable or refuses the login
         try:
             policy = await self.client.config_get("maxmemory-policy")
             aof = await self.client.config_get("appendonly")
             save = await self.client.config_get("save")
-        except ResponseError:
+        except ResponseError:  # CONFIG not allowed for this user: nothing to check
             return
         value = _first(policy)
         if value and value != "noeviction":

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ACK",
+    "CLAIM_IDS",
     "IDLE",
     "DEAD_LETTER",
     "PROMOTE",
@@ -75,10 +76,14 @@ return n
 """
 
 # KEYS: source stream, retry zset. ARGV: group, entry id, delete, delay ms, attempt,
-# notes, origin id. Writes the retry first, acknowledges second.
+# notes, origin id. Writes the retry first, acknowledges second; does nothing for an entry
+# that is no longer pending, so that repeating it after a lost reply is harmless.
 RETRY = (
     _COPY_FIELDS
     + """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
+  return 0  -- already settled (a repeated call after a lost reply)
+end
 local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 if #entries == 0 then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
@@ -121,6 +126,9 @@ return math.max(0, tonumber(next_due[2]) - now)
 # KEYS: source stream, dead stream. ARGV: group, entry id, delete, topic, attempt, notes,
 # origin id. Keeps the raw fields of the entry (whatever bytes they hold), then acks.
 DEAD_LETTER = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
+  return 0  -- already settled (a repeated call after a lost reply)
+end
 local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 local out = {}
 if #entries > 0 then
@@ -187,4 +195,11 @@ end
 if redis.call('ZCARD', KEYS[3]) > 0 then return 0 end
 if stream_idle(KEYS[1], ARGV[1]) and stream_idle(KEYS[2], ARGV[1]) then return 1 end
 return 0
+"""
+
+# KEYS: stream. ARGV: group, consumer, min idle ms, cursor, count.
+# XAUTOCLAIM ... JUSTID (delivery counts unchanged), returned raw: cursor, ids, deleted ids.
+CLAIM_IDS = """
+return redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+                  'COUNT', ARGV[5], 'JUSTID')
 """

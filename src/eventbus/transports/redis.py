@@ -10,8 +10,11 @@ import os
 import re
 import secrets
 import socket
+from urllib.parse import urlsplit
 
-from eventbus._errors import ConfigurationError
+from redis.exceptions import RedisError
+
+from eventbus._errors import ConfigurationError, TransportError
 
 from ._protocol import Features
 from ._redis_connection import RedisConnection, Settings
@@ -101,10 +104,21 @@ class RedisTransport:
         return Features(history_for_new_groups=True, bounded=False, survives_restart=True)
 
     async def connect(self) -> RedisConnection:
-        """Open a connection (its own client and consumer name) for one bus."""
+        """Open a connection (its own client and consumer name) for one bus.
+
+        Raises ``TransportError`` when Redis cannot be reached or refuses the login; the
+        message names the server, never the credentials.
+        """
         self._connections += 1
         conn = RedisConnection(self._settings, self._consumer_name())
-        await conn.check_server()
+        try:
+            await conn.check_server()
+        except (RedisError, OSError) as exc:
+            await conn.aclose()
+            raise TransportError(
+                f"cannot use Redis at {_safe_location(self._settings.url)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         return conn
 
     def _consumer_name(self) -> str:
@@ -115,3 +129,14 @@ class RedisTransport:
 
     def __repr__(self) -> str:
         return f"RedisTransport(prefix={self._settings.prefix!r}, url=<hidden>)"
+
+
+def _safe_location(url: str) -> str:
+    """Scheme, host, port and database of a URL, without user or password."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or parts.path or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
