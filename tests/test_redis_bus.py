@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,6 @@ from tests.events import OrderCreated, OrderPaid, UserBanned
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A private redis-server for this module."""
-    server = RedisServer(Path(tmp_path_factory.mktemp("redis-bus")))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import pytest
 
 from eventbus import EventBus
 from eventbus.testing import drain
@@ -21,15 +19,6 @@ from tests.events import OrderCreated
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A private redis-server for this module."""
-    server = RedisServer(Path(tmp_path_factory.mktemp("redis-cli")))
-    server.start()
-    yield server
-    server.stop()
 
 
 def start_worker(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:

@@ -125,21 +125,15 @@ return math.max(0, tonumber(next_due[2]) - now)
 
 # KEYS: source stream, dead stream. ARGV: group, entry id, delete, topic, attempt, notes,
 # origin id. Keeps the raw fields of the entry (whatever bytes they hold), then acks.
-DEAD_LETTER = """
+DEAD_LETTER = (
+    _COPY_FIELDS
+    + """
 if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0  -- already settled (a repeated call after a lost reply)
 end
 local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 local out = {}
-if #entries > 0 then
-  local fields = entries[1][2]
-  for i = 1, #fields, 2 do
-    if string.sub(fields[i], 1, 1) ~= '_' then
-      out[#out + 1] = fields[i]
-      out[#out + 1] = fields[i + 1]
-    end
-  end
-end
+if #entries > 0 then copy_fields(entries[1][2], out) end
 for _, pair in ipairs({{'_dl_topic', ARGV[4]}, {'_dl_group', ARGV[1]},
                        {'_dl_attempt', ARGV[5]}, {'_dl_notes', ARGV[6]},
                        {'_dl_origin', ARGV[7]}}) do
@@ -151,6 +145,7 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
 return id
 """
+)
 
 # KEYS: dead stream, redeliver stream. ARGV: dead entry id.
 # Moves one dead letter back to its group as attempt 1; returns 1, or 0 when it is gone.
