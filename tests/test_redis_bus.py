@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 
@@ -171,3 +173,36 @@ async def test_no_warning_for_a_safe_server(
     async with EventBus(transport=transport):
         pass
     assert [r for r in caplog.records if r.name == "eventbus.redis"] == []
+
+
+async def test_flushed_redis_is_reported_and_the_group_recreated(tmp_path: Path) -> None:
+    """After FLUSHALL the worker logs that Redis lost state, recreates its group, goes on."""
+    lost = anyio.Event()
+    watcher = logging.Handler()
+    watcher.emit = lambda record: lost.set() if "lost the consumer" in record.getMessage() else None  # type: ignore[method-assign]
+    logging.getLogger("eventbus.redis").addHandler(watcher)
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        transport = RedisTransport(server.url, block=0.1)
+        bus = EventBus(transport=transport)
+        seen: list[str] = []
+
+        @bus.subscribe(group="stock")
+        async def record(event: OrderPaid) -> None:
+            seen.append(event.order_id)
+
+        async with bus:
+            await bus.publish(OrderPaid(order_id="before"))
+            await drain(bus, timeout=10)
+            admin = aioredis.Redis.from_url(server.url)
+            await admin.flushall()
+            await admin.aclose()
+            with anyio.fail_after(10):
+                await lost.wait()
+            await bus.publish(OrderPaid(order_id="after"))
+            await drain(bus, timeout=10)
+    finally:
+        server.stop()
+        logging.getLogger("eventbus.redis").removeHandler(watcher)
+    assert seen == ["before", "after"]

@@ -209,17 +209,18 @@ class RedisConnection:
             raise TransportClosedError("subscribe on a closed connection")
         sub = RedisSubscription(self, topic, group, self.consumer)
         async with wrapped("creating a consumer group"):
-            await self._retrying(lambda: self.create_group(sub.keys, group), "creating a group")
-            await self._retrying(
-                lambda: self.client.sadd(self._registry_key, f"{topic}{_SEP}{group}"),
-                "registering",
-            )
+            await self._retrying(lambda: self.register_group(topic, group), "creating a group")
         self._subs.append(sub)
         return sub
 
     @property
     def _registry_key(self) -> str:
         return f"{self.settings.prefix}:groups"
+
+    async def register_group(self, topic: str, group: str) -> None:
+        """Create the group (when missing) and list it in the ``prefix:groups`` set."""
+        await self.create_group(Keys.of(self.settings.prefix, topic, group), group)
+        await self.client.sadd(self._registry_key, f"{topic}{_SEP}{group}")
 
     async def create_group(self, keys: Keys, group: str) -> None:
         """XGROUP CREATE ... 0 MKSTREAM on the stream and the redeliver stream."""

@@ -101,15 +101,15 @@ class RedisSubscription:
             await self._fetch()
             self._failures = 0
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
+            await self._conn.register_group(self._topic, self._group)
             logger.error(
-                "Redis lost the consumer group %s of %s (flushed or restarted without "
-                "persistence?); recreating it",
+                "Redis lost the consumer group %s of %s (flushed, or restarted without "
+                "persistence?); recreated it",
                 self._group,
                 self._keys.stream,
             )
-            await self._conn.create_group(self._keys, self._group)
         except self._conn.connection_errors:
             self._failures += 1
             await self._conn.backoff(self._failures, "reading")
