@@ -9,11 +9,15 @@ import pytest
 from pydantic import Field
 
 from eventbus import (
+    BusStateError,
+    ConfigurationError,
     Event,
     EventBus,
     ImmediateHandlerError,
     InMemoryTransport,
     Middleware,
+    PublishError,
+    PublishTimeoutError,
     RetryPolicy,
 )
 from eventbus.testing import capture, drain
@@ -158,3 +162,77 @@ async def test_immediate_failure_log_names_attempts_and_error(
     (record,) = [r for r in caplog.records if r.name == "eventbus"]
     assert (record.__dict__["attempt"], record.__dict__["error_type"]) == (2, "PermissionError")
     assert "after 2 attempt(s)" in record.getMessage()
+
+
+async def test_publisher_that_timed_out_leaves_no_stale_waiter() -> None:
+    """After publishes time out on a full queue, a waiting publisher still gets room."""
+    transport = InMemoryTransport(max_queue=2)
+    conn = await transport.connect()
+    sub = await conn.subscribe("orders", "g")
+    for i in range(2):
+        await conn.publish("orders", Message(b"{}", {"i": str(i)}))
+    for _ in range(3):
+        with pytest.raises(PublishTimeoutError):
+            await conn.publish("orders", Message(b"{}", {"i": "late"}), timeout=0.01)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conn.publish, "orders", Message(b"{}", {"i": "2"}))
+        with anyio.fail_after(5):
+            for _ in range(3):
+                delivery = await sub.receive()
+                assert delivery is not None
+                await sub.ack(delivery)
+    await conn.aclose()
+
+
+async def test_cancelled_while_draining_on_exit_the_bus_still_closes() -> None:
+    """A cancel that arrives while the bus drains on exit leaves it closed, not stuck."""
+    bus = EventBus(shutdown_grace=30)
+    gate = anyio.Event()
+
+    @bus.subscribe()
+    async def slow(event: OrderCreated) -> None:
+        await gate.wait()
+
+    with anyio.move_on_after(0.2) as scope:
+        async with bus:
+            await bus.publish(OrderCreated(order_id="o-1"))
+    assert scope.cancelled_caught
+    with pytest.raises(BusStateError, match="closed"):
+        await bus.publish(OrderCreated(order_id="o-2"))
+
+
+async def test_leaving_with_an_error_still_handles_what_is_queued() -> None:
+    """An exception in the body does not drop the events queued in memory."""
+    bus = EventBus()
+    seen: list[str] = []
+
+    @bus.subscribe()
+    async def record(event: OrderCreated) -> None:
+        seen.append(event.order_id)
+
+    async def publish_then_fail() -> None:
+        async with bus:
+            for i in range(3):
+                await bus.publish(OrderCreated(order_id=str(i)))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await publish_then_fail()
+    assert seen == ["0", "1", "2"]
+
+
+async def test_publish_refuses_ids_that_consumers_would_refuse() -> None:
+    """An empty or over-long correlation or causation id is a PublishError at once."""
+    async with EventBus() as bus:
+        for bad in ("", "c" * 201):
+            with pytest.raises(PublishError, match="correlation_id"):
+                await bus.publish(OrderCreated(order_id="o"), correlation_id=bad)
+            with pytest.raises(PublishError, match="causation_id"):
+                await bus.publish(OrderCreated(order_id="o"), causation_id=bad)
+
+
+def test_shutdown_grace_must_be_a_finite_number() -> None:
+    """NaN, infinity and booleans are refused as shutdown_grace."""
+    for bad in (float("nan"), float("inf"), True, -1):
+        with pytest.raises(ConfigurationError, match="shutdown_grace"):
+            EventBus(shutdown_grace=bad)

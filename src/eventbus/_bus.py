@@ -1,26 +1,26 @@
-"""``EventBus``: publish events, run subscribers, drain, and manage dead letters."""
+"""``EventBus``: compose subscribers, run them, drain, and manage dead letters."""
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from types import MappingProxyType, TracebackType
+from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import TypeVar
 
 import anyio
 import anyio.abc
 
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec, EventMessage
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
 from ._consumer import Consumer
 from ._deadletter import DeadLetter, from_stored
-from ._envelope import Envelope, EventIdGenerator
-from ._errors import BusStateError, ConfigurationError, ImmediateHandlerError, PublishError
+from ._envelope import EventIdGenerator
+from ._errors import BusStateError
 from ._event import Event
 from ._handling import logger
-from ._immediate import run_immediate
 from ._middleware import Middleware
+from ._options import check_seconds
+from ._publishing import Publishing
 from ._registry import Registry
 from ._retry import RetryPolicy
 from ._subscriber import Handler, Subscriber
@@ -30,7 +30,6 @@ from .transports.memory import InMemoryTransport
 __all__ = ["EventBus"]
 
 H = TypeVar("H", bound=Handler)
-_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 class _State(enum.Enum):
@@ -40,7 +39,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class EventBus:
+class EventBus(Publishing):
     """Publishes events and runs the subscribers of one application (one worker).
 
     ::
@@ -75,23 +74,31 @@ class EventBus:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         shutdown_grace: float = 10.0,
     ) -> None:
-        if not isinstance(shutdown_grace, int | float) or shutdown_grace < 0:
-            raise ConfigurationError("shutdown_grace must be a number of seconds >= 0")
-        self.transport: Transport = transport if transport is not None else InMemoryTransport()
-        self.codec = Codec(max_payload_bytes=max_payload_bytes)
-        self.middleware: list[Middleware] = list(middleware)
-        self.stopping = False
-        self._grace = float(shutdown_grace)
+        self._grace = check_seconds("EventBus", "shutdown_grace", shutdown_grace)
+        self._transport: Transport = transport if transport is not None else InMemoryTransport()
+        self._codec = Codec(max_payload_bytes=max_payload_bytes)
+        self._middleware: list[Middleware] = list(middleware)
+        self._stopping = False
         self._registry = Registry()
         self._immediate: dict[type[Event], list[Subscriber]] = {}
-        self._ids = EventIdGenerator().next_id
         self._wire: dict[type[Event], tuple[str, int]] = {}
+        self._next_id = EventIdGenerator().next_id  # type: ignore[method-assign]
         self._state = _State.NEW
         self._conn: Connection | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._serve_scope: anyio.CancelScope | None = None
         self._consumers: list[Consumer] = []
         self._dead_errors: deque[BaseException] = deque(maxlen=100)
-        self._serve_scope: anyio.CancelScope | None = None
+
+    @property
+    def transport(self) -> Transport:
+        """The transport this bus publishes to and consumes from."""
+        return self._transport
+
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        """The subscribers of this bus, in the order they were added."""
+        return list(self._registry)
 
     # -- composing -------------------------------------------------------------------
 
@@ -120,16 +127,17 @@ class EventBus:
     def include(self, registry: Registry) -> None:
         """Add every subscriber of ``registry``; modules compose without knowing each other.
 
-        Raises ``DuplicateSubscriberError`` when a group would get two subscribers for
-        one event type, ``ConfigurationError`` when two event classes share a wire name,
-        and ``BusStateError`` once the bus has started.
+        All or nothing: raises ``DuplicateSubscriberError`` when a group would get two
+        subscribers for one event type, ``ConfigurationError`` when two event classes
+        share a wire name, and ``BusStateError`` once the bus has started. Including the
+        same registry twice adds nothing the second time.
         """
         if self._state is not _State.NEW:
             raise BusStateError("include() registries before the bus starts")
         candidate = Registry()
         candidate.include(self._registry)
         candidate.include(registry)
-        self.codec.register(t for sub in registry for t in sub.event_types)
+        self._codec.register(t for sub in registry for t in sub.event_types)
         self._registry = candidate
         self._immediate = {}
         for sub in candidate:
@@ -137,17 +145,14 @@ class EventBus:
                 for event_type in sub.event_types:
                     self._immediate.setdefault(event_type, []).append(sub)
 
-    @property
-    def subscribers(self) -> list[Subscriber]:
-        """The subscribers of this bus, in the order they were added."""
-        return list(self._registry)
-
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> EventBus:
+        """Connect and start the consumers; raises ``BusStateError`` on a second start and
+        ``TransportError`` when the transport cannot connect."""
         if self._state is not _State.NEW:
             raise BusStateError(f"a bus runs once; this one is {self._state.value}")
-        self._conn = await self.transport.connect()
+        self._conn = await self._transport.connect()
         self._state = _State.RUNNING
         self._task_group = anyio.create_task_group()
         self._serve_scope = anyio.CancelScope()
@@ -166,6 +171,7 @@ class EventBus:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        """Stop within ``shutdown_grace`` seconds (see the class docstring) and close."""
         return await self._close(exc_type, exc, tb)
 
     async def _start_consumers(self) -> None:
@@ -194,35 +200,43 @@ class EventBus:
         assert self._task_group is not None
         assert self._conn is not None
         deadline = anyio.current_time() + self._grace
-        if exc is None and self._consumers and not self.transport.features.survives_restart:
-            await self._drain_before_stop()
-        self.stopping = True
-        for consumer in self._consumers:
-            consumer.stop()
-        self._task_group.start_soon(
-            self._cancel_after_grace, self._task_group.cancel_scope, deadline
-        )
+        failure: BaseException | None = None
         try:
-            await self._task_group.__aexit__(None, None, None)
+            if self._should_drain(exc):
+                await self._drain_before_stop(deadline)
+        except BaseException as drain_error:  # cancelled while draining: stop at once
+            failure = drain_error
+        try:
+            self._stop_consumers(deadline)
+            if failure is None and isinstance(exc, Exception | None):
+                await self._task_group.__aexit__(None, None, None)
+            else:
+                cause = failure or exc
+                assert cause is not None
+                await self._task_group.__aexit__(type(cause), cause, cause.__traceback__)
         finally:
             try:
                 with anyio.CancelScope(shield=True):
                     await self._conn.aclose()
             finally:
                 self._state = _State.CLOSED
+                self._conn = None
+        if failure is not None:
+            raise failure
         return None
 
-    async def _serve_connection(self) -> None:
-        """Run the connection's background work until the consumers have stopped."""
-        assert self._conn is not None
-        assert self._serve_scope is not None
-        with self._serve_scope:
-            await self._conn.serve()
+    def _should_drain(self, exc: BaseException | None) -> bool:
+        """Finish queued work first when the transport keeps nothing across a restart."""
+        if not self._consumers or self._transport.features.survives_restart:
+            return False
+        if isinstance(exc, Exception | None):
+            return True
+        logger.warning("the bus was interrupted: events still queued in memory are not handled")
+        return False
 
-    async def _drain_before_stop(self) -> None:
-        """Nothing outlives the process on this transport: finish queued work first."""
+    async def _drain_before_stop(self, deadline: float) -> None:
         assert self._conn is not None
-        with anyio.move_on_after(self._grace) as scope:
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
             await self._conn.wait_idle()
         if scope.cancelled_caught:
             logger.warning(
@@ -231,153 +245,48 @@ class EventBus:
                 self._grace,
             )
 
+    def _stop_consumers(self, deadline: float) -> None:
+        assert self._task_group is not None
+        self._stopping = True
+        for consumer in self._consumers:
+            consumer.stop()
+        self._task_group.start_soon(
+            self._cancel_after_grace, self._task_group.cancel_scope, deadline
+        )
+
+    async def _serve_connection(self) -> None:
+        """Run the connection's background work until the consumers have stopped."""
+        assert self._conn is not None
+        assert self._serve_scope is not None
+        with self._serve_scope:
+            await self._conn.serve()
+
     async def _cancel_after_grace(self, scope: anyio.CancelScope, deadline: float) -> None:
-        """Wait for the consumer loops to finish; cancel them at the deadline."""
+        """Wait for the consumer loops to finish; cancel what still runs at the deadline."""
+        assert self._serve_scope is not None
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             for consumer in self._consumers:
                 await consumer.wait_stopped()
-            if self._serve_scope is not None:
-                self._serve_scope.cancel()
+        if all(consumer.stopped for consumer in self._consumers):
+            self._serve_scope.cancel()
             return
-        logger.warning("handlers still running after %.1f s were cancelled", self._grace)
+        logger.warning("handlers still running at the end of the shutdown grace were cancelled")
         scope.cancel()
 
-    # -- publishing ------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """True once the bus has begun to stop: consumers take no new work."""
+        return self._stopping
 
-    async def publish(
-        self,
-        event: Event,
-        *,
-        headers: Mapping[str, str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> Envelope:
-        """Publish ``event`` to every group subscribed to its type; return its envelope.
+    @property
+    def codec(self) -> Codec:
+        """The bus's codec (for its consumers)."""
+        return self._codec
 
-        Returns once the transport accepted the event (and immediate subscribers ran).
-        Raises ``BusStateError`` outside ``async with bus:``, ``PublishTimeoutError``
-        when the transport had no room within ``timeout`` seconds,
-        ``PayloadTooLargeError`` when a transport encoded it past the size limit,
-        ``TransportError`` when the transport failed, and ``ImmediateHandlerError`` when
-        an immediate subscriber failed (the event was published all the same).
-        """
-        if self._conn is None or self._state is _State.CLOSED:
-            raise BusStateError(f"publish() on a bus that is {self._state.value}")
-        event_type = type(event)
-        wire = self._wire.get(event_type)
-        if wire is None:  # first event of its type: check it once
-            envelope = self._envelope(event, headers, correlation_id, causation_id)
-        else:  # the hot path, inlined
-            event_id = self._ids()
-            envelope = Envelope(
-                event_id,
-                wire[0],
-                wire[1],
-                datetime.now(UTC),
-                correlation_id or event_id,
-                causation_id,
-                _EMPTY if headers is None else _checked_headers(headers),
-            )
-        if self.middleware:
-            await self._publish_through(0, event, envelope, timeout)
-            return envelope
-        await self._conn.publish(
-            envelope.name, EventMessage(event, envelope, self.codec), timeout=timeout
-        )
-        immediate = self._immediate.get(event_type)
-        if immediate:
-            await run_immediate(immediate, event, envelope, self.publish, self.middleware)
-        return envelope
-
-    async def publish_many(
-        self,
-        events: Iterable[Event],
-        *,
-        headers: Mapping[str, str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> list[Envelope]:
-        """Publish several events at once, in order; return their envelopes.
-
-        The transport may send them in one round trip (Redis pipelines the writes). The
-        same errors as ``publish()``; on a transport failure part of the batch may have
-        been stored (``PublishOutcomeUnknownError`` says the outcome is unknown).
-        Immediate subscribers run after the whole batch is written, for every event; the
-        first ``ImmediateHandlerError`` is raised after all of them ran.
-        """
-        conn = self._connection()
-        batch = [(e, self._envelope(e, headers, correlation_id, causation_id)) for e in events]
-        first: ImmediateHandlerError | None = None
-        if self.middleware:
-            for event, envelope in batch:
-                try:
-                    await self._publish_through(0, event, envelope, timeout)
-                except ImmediateHandlerError as exc:  # the event was published: go on
-                    first = first or exc
-        else:
-            items = [(env.name, EventMessage(e, env, self.codec)) for e, env in batch]
-            await conn.publish_many(items, timeout=timeout)
-            for event, envelope in batch:
-                immediate = self._immediate.get(type(event))
-                if immediate:
-                    try:
-                        await run_immediate(
-                            immediate, event, envelope, self.publish, self.middleware
-                        )
-                    except ImmediateHandlerError as exc:
-                        first = first or exc
-        if first is not None:
-            raise first
-        return [envelope for _, envelope in batch]
-
-    def _envelope(
-        self,
-        event: Event,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        causation_id: str | None,
-    ) -> Envelope:
-        event_type = type(event)
-        wire = self._wire.get(event_type)
-        if wire is None:
-            if not isinstance(event, Event) or event_type is Event:
-                raise PublishError(
-                    f"publish() takes an Event subclass instance, not {event_type!r}"
-                )
-            wire = self._wire[event_type] = (event_type.event_name, event_type.event_version)
-        event_id = self._ids()
-        return Envelope(
-            event_id,
-            wire[0],
-            wire[1],
-            datetime.now(UTC),
-            correlation_id or event_id,
-            causation_id,
-            _EMPTY if headers is None else _checked_headers(headers),
-        )
-
-    async def _publish_through(
-        self, index: int, event: Event, envelope: Envelope, timeout: float | None
-    ) -> None:
-        if index == len(self.middleware):
-            await self._publish_now(event, envelope, timeout)
-            return
-
-        async def call_next() -> None:
-            await self._publish_through(index + 1, event, envelope, timeout)
-
-        await self.middleware[index].on_publish(event, envelope, call_next)
-
-    async def _publish_now(self, event: Event, envelope: Envelope, timeout: float | None) -> None:
-        assert self._conn is not None
-        await self._conn.publish(
-            envelope.name, EventMessage(event, envelope, self.codec), timeout=timeout
-        )
-        immediate = self._immediate.get(type(event))
-        if immediate:
-            await run_immediate(immediate, event, envelope, self.publish, self.middleware)
+    @property
+    def middleware(self) -> Sequence[Middleware]:
+        """The middleware, outermost first (read-only: give them to the constructor)."""
+        return self._middleware
 
     # -- waiting and dead letters -----------------------------------------------------
 
@@ -385,16 +294,22 @@ class EventBus:
         """Wait until every event published so far is handled or dead-lettered.
 
         Waits for every group of the transport, including groups of other buses that
-        share it. Raises ``TimeoutError`` after ``timeout`` seconds.
+        share it (a group whose worker has stopped keeps it waiting). Raises
+        ``TimeoutError`` after ``timeout`` seconds, ``BusStateError`` outside
+        ``async with bus:``, ``TransportError`` when the transport fails.
         """
-        conn = self._connection()
+        conn = self._open_connection()
         with anyio.fail_after(timeout):
             await conn.wait_idle()
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        """The dead letters of ``group`` (of every group when None), oldest first."""
-        stored = await self._connection().dead_letters(group)
-        return [from_stored(s, self.codec) for s in stored]
+        """The dead letters of ``group`` (of every group when None), oldest first.
+
+        Raises ``BusStateError`` outside ``async with bus:``, ``TransportError`` when the
+        transport fails.
+        """
+        stored = await self._open_connection().dead_letters(group)
+        return [from_stored(s, self._codec) for s in stored]
 
     async def replay_dead_letters(
         self, group: str | None = None, ids: Sequence[str] | None = None
@@ -402,19 +317,24 @@ class EventBus:
         """Deliver dead letters again, each to its own group only, as a first attempt.
 
         ``ids`` picks some (``DeadLetter.id``); None takes all of ``group``. Returns how
-        many were replayed; they leave the dead letters.
+        many were replayed; they leave the dead letters. Letters are moved one by one:
+        consumers may handle the first before the last is moved.
         """
-        return await self._connection().replay_dead_letters(group, ids)
+        return await self._open_connection().replay_dead_letters(group, ids)
 
     async def purge_dead_letters(
         self, group: str | None = None, ids: Sequence[str] | None = None
     ) -> int:
         """Delete dead letters (all of ``group`` when ``ids`` is None); return the count."""
-        return await self._connection().purge_dead_letters(group, ids)
+        return await self._open_connection().purge_dead_letters(group, ids)
 
     def _record_dead_letter(self, error: BaseException) -> None:
-        """Keep the error of a dead letter (the last 100) for ``eventbus.testing.drain``."""
-        self._dead_errors.append(error)
+        """Keep the error of a dead letter (the last 100) for ``eventbus.testing.drain``.
+
+        The traceback is dropped (the dead letter keeps it as text), so that no frame,
+        and no payload in its locals, is held.
+        """
+        self._dead_errors.append(error.with_traceback(None))
 
     def _take_dead_letter_errors(self) -> list[BaseException]:
         """The errors that dead-lettered events since the last call, oldest first."""
@@ -422,8 +342,8 @@ class EventBus:
         self._dead_errors.clear()
         return errors
 
-    def _connection(self) -> Connection:
-        if self._conn is None or self._state is _State.CLOSED:
+    def _open_connection(self) -> Connection:
+        if self._conn is None:
             raise BusStateError(f"the bus is {self._state.value}; use it inside `async with bus:`")
         return self._conn
 
@@ -435,11 +355,3 @@ def _lane_limiters(sub: Subscriber) -> dict[bool, anyio.CapacityLimiter | None]:
         count = sum(1 for t in sub.event_types if t.event_urgent is urgent)
         limiters[urgent] = anyio.CapacityLimiter(sub.concurrency) if count > 1 else None
     return limiters
-
-
-def _checked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and k and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise PublishError("headers must map non-empty str keys to str values")
-    return MappingProxyType(dict(headers))

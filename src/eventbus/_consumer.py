@@ -87,6 +87,11 @@ class Consumer:
         if not self._slots:
             self._stopped.set()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether every loop has exited."""
+        return self._stopped.is_set()
+
     async def wait_stopped(self) -> None:
         """Return once every loop has exited (after ``stop()``)."""
         await self._stopped.wait()

@@ -65,8 +65,8 @@ def capture(bus: EventBus) -> Iterator[Captured]:
     """
     captured = Captured()
     recorder = _Recorder(captured)
-    bus.middleware.insert(0, recorder)
+    bus._middleware.insert(0, recorder)
     try:
         yield captured
     finally:
-        bus.middleware.remove(recorder)
+        bus._middleware.remove(recorder)

@@ -14,7 +14,7 @@ import anyio
 from eventbus._clock import Clock, MonotonicClock
 from eventbus._errors import ConfigurationError, PublishTimeoutError, TransportClosedError
 
-from ._protocol import Delivery, Features, Message, StoredDeadLetter
+from ._protocol import Connection, Delivery, Features, Message, StoredDeadLetter, Subscription
 
 __all__ = ["InMemoryTransport"]
 
@@ -40,8 +40,11 @@ class _Group:
                 return
 
     def wake_publisher(self) -> None:
-        if self.space:
-            self.space.popleft().set()
+        while self.space:
+            waiter = self.space.popleft()
+            if not waiter.is_set():
+                waiter.set()
+                return
 
 
 class InMemoryTransport:
@@ -57,7 +60,10 @@ class InMemoryTransport:
       delivery, exactly as a network transport would (payload size limit included).
       Off by default: events are immutable, so subscribers share the instance.
 
-    Nothing survives the process. Share one instance between buses to connect them.
+    Nothing survives the process. Share one instance between buses to connect them. A
+    group lives as long as the transport, also after its last bus closed: its events wait
+    for its next worker, ``drain()`` waits for them, and once its queue is full,
+    publishers of its event types wait too. Use one transport per application run.
     """
 
     def __init__(
@@ -89,8 +95,8 @@ class InMemoryTransport:
         """History for late groups, bounded queues, nothing kept across a restart."""
         return Features(history_for_new_groups=self._history_len > 0, bounded=True)
 
-    async def connect(self) -> _MemoryConnection:
-        """Open a connection for one bus."""
+    async def connect(self) -> Connection:
+        """Open a connection for one bus (never fails)."""
         return _MemoryConnection(self)
 
     # -- shared state, used by connections and subscriptions ------------------------
@@ -116,9 +122,17 @@ class InMemoryTransport:
 
     async def _room(self, groups: dict[str, _Group]) -> None:
         while full := [g for g in groups.values() if len(g.ready) >= self._max_queue]:
-            waiter = anyio.Event()
-            full[0].space.append(waiter)
-            await waiter.wait()
+            group, waiter = full[0], anyio.Event()
+            group.space.append(waiter)
+            try:
+                await waiter.wait()
+            except BaseException:  # timed out or cancelled: leave no stale waiter behind
+                if waiter.is_set():
+                    group.wake_publisher()  # pass on the room we were given
+                else:
+                    with contextlib.suppress(ValueError):
+                        group.space.remove(waiter)
+                raise
 
     def _join(self, topic: str, group: str) -> _Group:
         groups = self._topic_groups(topic)
@@ -215,7 +229,7 @@ class _MemoryConnection:
         """Queue each ``(topic, message)`` in order."""
         return [await self.publish(topic, message, timeout=timeout) for topic, message in items]
 
-    async def subscribe(self, topic: str, group: str) -> _MemorySubscription:
+    async def subscribe(self, topic: str, group: str) -> Subscription:
         """Join ``group`` on ``topic`` as a new consumer (creating the group when new)."""
         if self._closed:
             raise TransportClosedError("subscribe on a closed connection")
