@@ -12,8 +12,9 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from eventbus import Context, EventBus, RetryPolicy
+from eventbus import ConfigurationError, Context, EventBus, RetryPolicy
 from eventbus.testing import capture, drain
+from eventbus.transports import Message
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated, OrderPaid, UserBanned
 from tests.redis_server import RedisServer
@@ -206,3 +207,75 @@ async def test_flushed_redis_is_reported_and_the_group_recreated(tmp_path: Path)
         server.stop()
         logging.getLogger("eventbus.redis").removeHandler(watcher)
     assert seen == ["before", "after"]
+
+
+async def test_entry_deleted_while_pending_becomes_a_dead_letter(
+    transport: RedisTransport, redis_server: RedisServer
+) -> None:
+    """An entry XDEL'd while a dead consumer held it is recorded as a 'deleted' letter."""
+    conn = await transport.connect()
+    stream = conn.settings.prefix + ":{orders}"
+    sub = await conn.subscribe("orders", "g")
+    entry = await conn.publish("orders", Message(b"{}", {"i": "1"}))
+    assert await sub.receive() is not None
+    admin = aioredis.Redis.from_url(redis_server.url)
+    await admin.xdel(stream, entry)
+    await admin.aclose()
+    other = RedisTransport(redis_server.url, prefix=conn.settings.prefix, claim_timeout=0.05)
+    async with EventBus(transport=other) as bus:
+        taker = await bus._open_connection().subscribe("orders", "g")
+        with anyio.fail_after(10):
+            while not await bus.dead_letters("g"):
+                with anyio.move_on_after(0.1):
+                    await taker.receive()
+        (dead,) = await bus.dead_letters("g")
+    await conn.aclose()
+    assert dead.reason == "deleted"
+    assert dead.first_failed_at.year >= 2026
+
+
+async def test_clean_close_removes_the_consumer_from_its_group(
+    transport: RedisTransport, redis_server: RedisServer
+) -> None:
+    """A bus that closes holding nothing leaves no consumer behind in its groups."""
+    bus = EventBus(transport=transport)
+
+    @bus.subscribe(group="g")
+    async def record(event: OrderPaid) -> None:
+        pass
+
+    for _ in range(3):
+        bus = EventBus(transport=transport)
+        bus.subscribe(group="g")(record)
+        async with bus:
+            await bus.publish(OrderPaid(order_id="o"))
+            await drain(bus, timeout=10)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    consumers = await admin.xinfo_consumers(f"{transport._settings.prefix}:{{OrderPaid}}", "g")
+    await admin.aclose()
+    assert consumers == []
+
+
+def test_transport_options_and_url_are_checked_at_construction() -> None:
+    """Bad options or a URL with a bad port raise ConfigurationError without the password."""
+    for options in (
+        {"claim_timeout": float("nan")},
+        {"block": True},
+        {"publish_retry_for": -1},
+        {"maxlen": True},
+        {"prefetch": 0},
+        {"prefix": "has space"},
+        {"consumer_name": "a b"},
+    ):
+        with pytest.raises(ConfigurationError):
+            RedisTransport("redis://localhost:6379/0", **options)
+    with pytest.raises(ConfigurationError) as raised:
+        RedisTransport("redis://user:s3cret@localhost:notaport/0")
+    assert "s3cret" not in str(raised.value)
+
+
+def test_settings_never_show_the_password() -> None:
+    """The transport's repr and its settings' repr hide the URL."""
+    transport = RedisTransport("redis://user:s3cret@localhost:6379/0")
+    assert "s3cret" not in repr(transport)
+    assert "s3cret" not in repr(transport._settings)

@@ -223,6 +223,17 @@ class TransportConformance:
         assert (index_of(retried), retried.attempt) == (1, 2)
         await sub.ack(retried)
 
+    async def test_due_retry_comes_before_new_messages(self, conn: Connection) -> None:
+        """A retry that is due is delivered before messages published after it."""
+        sub = await conn.subscribe("orders", "g")
+        await conn.publish("orders", message(0))
+        await sub.nack(await receive(sub), 0.0, {})
+        await publish_range(conn, "orders", [1, 2, 3])
+        first = await receive(sub)
+        assert (index_of(first), first.attempt) == (0, 2)
+        await sub.ack(first)
+        assert await receive_and_ack(sub, 3) == [1, 2, 3]
+
     async def test_retry_waits_for_its_delay(self, conn: Connection) -> None:
         """A message nacked with a delay is not redelivered before the delay."""
         sub = await conn.subscribe("orders", "g")

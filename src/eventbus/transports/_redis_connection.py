@@ -7,7 +7,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -64,7 +64,7 @@ async def wrapped(doing: str) -> AsyncIterator[None]:
 class Settings:
     """The options of a ``RedisTransport`` (see its docstring)."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
     prefix: str
     claim_timeout: float
     block: float
@@ -72,7 +72,7 @@ class Settings:
     delivery_limit: int
     maxlen: int | None
     publish_retry_for: float
-    health_check_interval: int
+    socket_timeout: float
 
 
 class _Scripts:
@@ -102,8 +102,9 @@ class RedisConnection:
             settings.url,
             decode_responses=False,
             retry=RedisRetry(NoBackoff(), 0),
-            health_check_interval=settings.health_check_interval,
+            health_check_interval=1,
             socket_connect_timeout=5,
+            socket_timeout=max(settings.socket_timeout, settings.block + 5),
         )
         self.scripts = _Scripts(self.client)
         self._subs: list[RedisSubscription] = []
@@ -238,6 +239,15 @@ class RedisConnection:
             if ids:
                 await self.client.xclaim(key, group, self.consumer, 0, ids, idle=idle, justid=True)
 
+    async def forget_consumer(self, keys: Keys, group: str) -> None:
+        """Delete this consumer from the group when it holds nothing (a clean close)."""
+        for key in (keys.stream, keys.redeliver):
+            summary = await self.client.xpending_range(
+                key, group, min="-", max="+", count=1, consumername=self.consumer
+            )
+            if not summary:
+                await self.client.xgroup_delconsumer(key, group, self.consumer)
+
     # -- background work -----------------------------------------------------------
 
     async def serve(self) -> None:
@@ -262,15 +272,22 @@ class RedisConnection:
         return sorted((t, g) for t, g in pairs if group is None or g == group)
 
     async def wait_idle(self) -> None:
-        """Poll until every known group has no unread, pending or scheduled entry."""
+        """Poll until every known group has no unread, pending or scheduled entry.
+
+        Rides out connection failures (with backoff); other Redis errors raise
+        ``TransportError``.
+        """
         failures = 0
         while True:
             try:
-                if await self._idle():
-                    return
+                async with wrapped("waiting for the groups to finish"):
+                    if await self._idle():
+                        return
                 failures = 0
                 await anyio.sleep(0.02)  # Redis has no idle notification: poll
-            except _CONNECTION_ERRORS:
+            except TransportError as exc:
+                if not isinstance(exc.__cause__, _CONNECTION_ERRORS):
+                    raise
                 failures += 1
                 await self.backoff(failures, "waiting for the groups to finish")
 
@@ -295,7 +312,7 @@ class RedisConnection:
             key = Keys.of(self.settings.prefix, topic, g).dead
             for entry_id, fields in await self.client.xrange(key):
                 out.append(_stored(topic, g, entry_id.decode(), fields))
-        return sorted(out, key=lambda d: d.id.split("@")[0])
+        return sorted(out, key=_entry_order)
 
     async def replay_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
         """Move dead letters back to their group's redeliver stream as attempt 1."""
@@ -384,6 +401,12 @@ async def _reply(conn: Any) -> Any:
         return await conn.read_response()
     except ResponseError as exc:
         return exc
+
+
+def _entry_order(dead: StoredDeadLetter) -> tuple[int, int]:
+    """Oldest first: stream ids ``ms-seq`` compared as numbers."""
+    ms, _, seq = dead.id.split("@")[0].partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _first(reply: Mapping[Any, Any]) -> str:

@@ -124,11 +124,13 @@ return math.max(0, tonumber(next_due[2]) - now)
 )
 
 # KEYS: source stream, dead stream. ARGV: group, entry id, delete, topic, attempt, notes,
-# origin id. Keeps the raw fields of the entry (whatever bytes they hold), then acks.
+# origin id, force. Keeps the raw fields of the entry (whatever bytes they hold), then
+# acks. Without force it does nothing for an entry no longer pending (already settled);
+# force records entries that vanished while pending.
 DEAD_LETTER = (
     _COPY_FIELDS
     + """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
+if ARGV[8] ~= '1' and #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0  -- already settled (a repeated call after a lost reply)
 end
 local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])

@@ -6,6 +6,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -45,9 +46,9 @@ class RedisSubscription:
         self._consumer = consumer
         self._keys = Keys.of(conn.settings.prefix, topic, group)
         self._buffer: deque[RedisDelivery] = deque()
-        self._held: dict[str, RedisDelivery] = {}
+        self._held: dict[tuple[str, str], RedisDelivery] = {}  # (stream key, entry id)
         self._suspects: deque[tuple[str, str]] = deque()
-        self._suspect_out: str | None = None
+        self._suspect_out: tuple[str, str] | None = None
         self._suspect_done = anyio.Event()
         self._fetching = anyio.Lock()
         self._fetch_scope: anyio.CancelScope | None = None
@@ -132,7 +133,7 @@ class RedisSubscription:
         reply = await self._conn.client.xreadgroup(
             self._group,
             self._consumer,
-            {keys.stream: ">", keys.redeliver: ">"},
+            {keys.redeliver: ">", keys.stream: ">"},  # due retries before new entries
             count=settings.prefetch,
             block=self._block_ms(),
         )
@@ -152,8 +153,8 @@ class RedisSubscription:
         return entry_delivery(self._topic, entry_id, fields, from_redeliver=redeliver)
 
     def _hold(self, delivery: RedisDelivery) -> None:
-        if delivery.entry_id not in self._held:
-            self._held[delivery.entry_id] = delivery
+        if self._slot(delivery) not in self._held:
+            self._held[self._slot(delivery)] = delivery
             self._buffer.append(delivery)
 
     # -- suspects: own pending entries and entries taken over --------------------------
@@ -192,8 +193,8 @@ class RedisSubscription:
                     break
 
     def _add_suspects(self, key: str, ids: list[str]) -> None:
-        known = {entry_id for _, entry_id in self._suspects} | set(self._held)
-        self._suspects.extend((key, i) for i in ids if i not in known)
+        known = set(self._suspects) | set(self._held)
+        self._suspects.extend((key, i) for i in ids if (key, i) not in known)
 
     async def _take_suspect(self) -> None:
         """Count one more delivery of the next suspect (XCLAIM), then hand it out alone."""
@@ -212,7 +213,7 @@ class RedisSubscription:
         if count > self._conn.settings.delivery_limit:
             await self._poison(delivery, count)
             return
-        self._suspect_out = entry_id
+        self._suspect_out = (key, entry_id)
         self._suspect_done = anyio.Event()
         self._hold(delivery)
 
@@ -226,13 +227,13 @@ class RedisSubscription:
             self._group,
             extra={"group": self._group, "entry_ids": names},
         )
-        await self._conn.client.xack(key, self._group, *names)
-        notes = {"reason": "deleted", "error_type": "", "error_message": "entry deleted"}
+        notes = _notes("deleted", "the entry was deleted from the stream while pending")
         for name in names:
             await self._conn.scripts.dead_letter(
                 keys=[key, self._keys.dead],
-                args=[self._group, name, "0", self._topic, "1", json.dumps(notes), name],
+                args=[self._group, name, "0", self._topic, "1", json.dumps(notes), name, "1"],
             )
+        await self._conn.client.xack(key, self._group, *names)
 
     async def _poison(self, delivery: RedisDelivery, count: int) -> None:
         logger.error(
@@ -242,12 +243,8 @@ class RedisSubscription:
             count,
             extra={"group": self._group, "message_id": delivery.id},
         )
-        notes = {
-            "reason": "poison",
-            "error_type": "",
-            "error_message": f"delivered {count} times without an ack (the worker died?)",
-        }
-        self._held[delivery.entry_id] = delivery
+        notes = _notes("poison", f"delivered {count} times without an ack (the worker died?)")
+        self._held[self._slot(delivery)] = delivery
         await self.dead_letter(delivery, notes)
 
     # -- settling ------------------------------------------------------------------
@@ -255,9 +252,14 @@ class RedisSubscription:
     def _own(self, delivery: Delivery) -> RedisDelivery:
         if self._closed:
             raise TransportClosedError("the subscription is closed")
-        if not isinstance(delivery, RedisDelivery) or delivery.entry_id not in self._held:
+        if not isinstance(delivery, RedisDelivery) or self._slot(delivery) not in self._held:
             raise TransportClosedError(f"{delivery!r} is not held by this consumer")
         return delivery
+
+    def _slot(self, delivery: RedisDelivery) -> tuple[str, str]:
+        """Where a delivery is held: its stream key and entry id (ids repeat across streams)."""
+        key = self._keys.redeliver if delivery.from_redeliver else self._keys.stream
+        return key, delivery.entry_id
 
     def _source(self, delivery: RedisDelivery) -> tuple[str, str]:
         if delivery.from_redeliver:
@@ -281,8 +283,8 @@ class RedisSubscription:
                 if self._closed:
                     raise
                 await self._conn.backoff(failures, "settling a delivery")
-        self._held.pop(delivery.entry_id, None)
-        if self._suspect_out == delivery.entry_id:
+        self._held.pop(self._slot(delivery), None)
+        if self._suspect_out == self._slot(delivery):
             self._suspect_out = None
             self._suspect_done.set()
 
@@ -310,7 +312,7 @@ class RedisSubscription:
         key, delete = self._source(d)
         args: list[Any] = [
             self._group, d.entry_id, delete, self._topic, d.attempt,
-            json.dumps(dict(notes)), d.id,
+            json.dumps(dict(notes)), d.id, "0",
         ]  # fmt: skip
         script = self._conn.scripts.dead_letter
         await self._settle(d, lambda: script(keys=[key, self._keys.dead], args=args))
@@ -329,8 +331,22 @@ class RedisSubscription:
         self._suspects.clear()
         try:
             await self._conn.release(held, self._group)
+            if not any(held.values()):
+                await self._conn.forget_consumer(self._keys, self._group)
         except self._conn.connection_errors:
             logger.warning(
                 "could not hand back the entries held in %s; they wait for the claim timeout",
                 self._group,
             )
+
+
+def _notes(reason: str, message: str) -> dict[str, str]:
+    """Dead-letter notes for a reason the transport itself decided."""
+    now = datetime.now(UTC).isoformat()
+    return {
+        "reason": reason,
+        "error_type": "",
+        "error_message": message,
+        "first_failed_at": now,
+        "last_failed_at": now,
+    }

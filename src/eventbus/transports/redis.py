@@ -15,13 +15,15 @@ from urllib.parse import urlsplit
 from redis.exceptions import RedisError
 
 from eventbus._errors import ConfigurationError, TransportError
+from eventbus._options import check_count, check_seconds
 
 from ._protocol import Features
 from ._redis_connection import RedisConnection, Settings
 
 __all__ = ["RedisTransport"]
 
-_PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+_NAME = re.compile(r"[^\s{}]{1,200}")
 
 
 class RedisTransport:
@@ -55,6 +57,11 @@ class RedisTransport:
       drops entries that a slow group has not read yet).
     - ``publish_retry_for``: seconds publish keeps retrying to reach Redis when nothing
       was sent yet (default 5).
+    - ``socket_timeout``: seconds a command may wait for Redis's reply (default 30), so
+      that a stalled server gives an error instead of a hang.
+
+    The options are checked here (``ConfigurationError``); the URL too, so that a bad one
+    fails at once rather than at connect.
     """
 
     def __init__(
@@ -69,32 +76,27 @@ class RedisTransport:
         delivery_limit: int = 5,
         maxlen: int | None = None,
         publish_retry_for: float = 5.0,
+        socket_timeout: float = 30.0,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigurationError(
-                "RedisTransport url must start with redis://, rediss:// or unix://"
-            )
-        if not _PREFIX.match(prefix):
+        _check_url(url)
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ConfigurationError("prefix must be 1-100 of letters, digits and . _ : -")
-        for name, value in (("claim_timeout", claim_timeout), ("block", block)):
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name} must be a number of seconds > 0")
-        for name, number in (("prefetch", prefetch), ("delivery_limit", delivery_limit)):
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise ConfigurationError(f"{name} must be an int >= 1")
-        if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
-            raise ConfigurationError("maxlen must be None or an int >= 1")
+        owner = "RedisTransport"
         self._settings = Settings(
             url=url,
             prefix=prefix,
-            claim_timeout=float(claim_timeout),
-            block=float(block),
-            prefetch=prefetch,
-            delivery_limit=delivery_limit,
-            maxlen=maxlen,
-            publish_retry_for=float(publish_retry_for),
-            health_check_interval=1,
+            claim_timeout=check_seconds(owner, "claim_timeout", claim_timeout, zero=False),
+            block=check_seconds(owner, "block", block, zero=False),
+            prefetch=check_count(owner, "prefetch", prefetch),
+            delivery_limit=check_count(owner, "delivery_limit", delivery_limit),
+            maxlen=None if maxlen is None else check_count(owner, "maxlen", maxlen),
+            publish_retry_for=check_seconds(owner, "publish_retry_for", publish_retry_for),
+            socket_timeout=check_seconds(owner, "socket_timeout", socket_timeout, zero=False),
         )
+        if consumer_name is not None and not (
+            isinstance(consumer_name, str) and _NAME.fullmatch(consumer_name)
+        ):
+            raise ConfigurationError("consumer_name must be 1-200 characters without spaces")
         self._name = consumer_name
         self._connections = 0
 
@@ -109,8 +111,7 @@ class RedisTransport:
         Raises ``TransportError`` when Redis cannot be reached or refuses the login; the
         message names the server, never the credentials.
         """
-        self._connections += 1
-        conn = RedisConnection(self._settings, self._consumer_name())
+        conn = RedisConnection(self._settings, self._consumer_name(self._connections + 1))
         try:
             await conn.check_server()
         except (RedisError, OSError) as exc:
@@ -119,16 +120,32 @@ class RedisTransport:
                 f"cannot use Redis at {_safe_location(self._settings.url)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        self._connections += 1
         return conn
 
-    def _consumer_name(self) -> str:
+    def _consumer_name(self, number: int) -> str:
+        """The stable name for the first connection, ``name-N`` for later ones."""
         name = self._name or os.environ.get("EVENTBUS_WORKER_NAME")
         if not name:
             return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        return name if self._connections == 1 else f"{name}-{self._connections}"
+        return name if number == 1 else f"{name}-{number}"
 
     def __repr__(self) -> str:
         return f"RedisTransport(prefix={self._settings.prefix!r}, url=<hidden>)"
+
+
+def _check_url(url: object) -> None:
+    """A redis://, rediss:// or unix:// URL with a valid port; the message hides secrets."""
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(
+            "RedisTransport url must start with redis://, rediss:// or unix://"
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 - parses the port, raising ValueError when bad
+    except ValueError:
+        raise ConfigurationError(
+            f"RedisTransport url {_safe_location(url)} has an invalid port"
+        ) from None
 
 
 def _safe_location(url: str) -> str:
