@@ -199,7 +199,7 @@ def test_event_message_decoded_by_its_codec_keeps_the_instance() -> None:
     """A lazily encoded EventMessage returns its own event to its own codec."""
     codec = make_codec()
     event = customer()
-    message = codec.message(event, envelope_for(event))
+    message = EventMessage(event, envelope_for(event), codec)
 
     decoded, envelope = codec.decode(message, attempt=2)
 
@@ -210,7 +210,7 @@ def test_event_message_decoded_by_its_codec_keeps_the_instance() -> None:
 def test_event_message_decoded_by_another_codec_gives_an_equal_event() -> None:
     """Another codec that knows the type decodes an EventMessage to an equal event."""
     event = customer()
-    message = make_codec().message(event, envelope_for(event))
+    message = EventMessage(event, envelope_for(event), make_codec())
 
     decoded, envelope = make_codec().decode(message)
 
@@ -221,7 +221,7 @@ def test_event_message_decoded_by_another_codec_gives_an_equal_event() -> None:
 def test_event_message_of_a_type_another_codec_does_not_know_is_unknown() -> None:
     """A codec without the event's type refuses an EventMessage with UnknownEventError."""
     event = customer()
-    message = make_codec().message(event, envelope_for(event))
+    message = EventMessage(event, envelope_for(event), make_codec())
 
     error = decode_error(Codec(), message)
 
@@ -304,7 +304,7 @@ def test_event_message_headers_and_body_match_the_codec() -> None:
     event = customer()
     envelope = envelope_for(event, causation_id="cause-1")
 
-    message = codec.message(event, envelope)
+    message = EventMessage(event, envelope, codec)
 
     assert isinstance(message, EventMessage)
     assert message.body == codec.encode_body(event)
@@ -455,7 +455,7 @@ def test_event_message_encodes_lazily_and_raises_when_read() -> None:
     """An EventMessage of an over-large event is made freely; reading its body raises."""
     codec = make_codec(max_payload_bytes=64)
     event = customer(tags=("x" * 100,))
-    message = codec.message(event, envelope_for(event))
+    message = EventMessage(event, envelope_for(event), codec)
 
     with pytest.raises(PayloadTooLargeError):
         _ = message.body

@@ -26,6 +26,7 @@ EXPECTED_ALL = {
         "DeadLetter",
         "Envelope",
         "Middleware",
+        "Next",
         "Subscriber",
         # errors
         "EventBusError",

@@ -29,7 +29,7 @@ from ._errors import (
     VersionMismatchError,
 )
 from ._event import Event
-from ._middleware import Middleware
+from ._middleware import Middleware, Next
 from ._registry import Registry
 from ._retry import RetryPolicy
 from ._subscriber import Subscriber
@@ -49,6 +49,7 @@ __all__ = [
     "DeadLetter",
     "Envelope",
     "Middleware",
+    "Next",
     "Subscriber",
     # errors (the tree is drawn in eventbus._errors)
     "EventBusError",

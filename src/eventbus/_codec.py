@@ -64,10 +64,6 @@ class Codec:
         """The registered class for a wire name, or None."""
         return self._types.get(name)
 
-    def message(self, event: Event, envelope: Envelope) -> EventMessage:
-        """A message that encodes itself the first time a transport reads it."""
-        return EventMessage(event, envelope, self)
-
     def encode_body(self, event: Event) -> bytes:
         """The event's JSON; raises ``PayloadTooLargeError`` past the size limit."""
         body = event.__pydantic_serializer__.to_json(event, by_alias=True)

@@ -99,6 +99,9 @@ class ImmediateHandlerError(EventBusError):
         self.event_id = event_id
         self.handler = handler
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_immediate_error, (str(self), self.event_id, self.handler)
+
 
 class HandlerTimeoutError(EventBusError, TimeoutError):
     """A handler attempt ran longer than its subscriber's ``timeout``; the attempt failed."""
@@ -148,9 +151,13 @@ class Retry(EventBusError):  # noqa: N818 - a request, not an error: `raise Retr
 
     def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
         if delay is not None and not (delay >= 0 and delay != float("inf")):
-            raise ValueError("Retry(delay=...) must be a finite number of seconds >= 0")
+            raise ConfigurationError("Retry(delay=...) must be a finite number of seconds >= 0")
         super().__init__(message)
         self.delay = delay
+
+
+def _rebuild_immediate_error(message: str, event_id: str, handler: str) -> ImmediateHandlerError:
+    return ImmediateHandlerError(message, event_id=event_id, handler=handler)
 
 
 for _name in __all__:

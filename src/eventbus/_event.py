@@ -26,7 +26,9 @@ class Event(BaseModel):
     - ``name``: the wire name (default: the class name). Letters, digits and ``. _ : -``,
       at most 200 characters, so that it is safe in a Redis key.
     - ``version``: a positive integer (default 1). Consumers refuse other versions.
-    - ``urgent``: served before background events by every group (default False).
+    - ``urgent``: an urgent type never waits for a background one: every event type of
+      a group has its own consumer loops, and a subscriber's urgent types get their own
+      concurrency slots (default False).
 
     Instances are frozen: assigning a field raises. Nested containers should be tuples
     or frozen models too, since subscribers in one process share the same instance.

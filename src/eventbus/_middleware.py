@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Protocol
 
 from ._context import Context
 from ._envelope import Envelope
@@ -10,7 +11,11 @@ from ._event import Event
 
 __all__ = ["Middleware", "Next"]
 
-Next = Callable[[], Awaitable[None]]
+
+class Next(Protocol):
+    """The ``call_next`` a middleware hook receives: await it to run the rest of the chain."""
+
+    def __call__(self) -> Awaitable[None]: ...
 
 
 class Middleware:

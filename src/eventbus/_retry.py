@@ -36,9 +36,11 @@ class RetryPolicy:
     - ``give_up_on``: exceptions that dead-letter the event at once, even when they also
       match ``retry_on``.
 
-    A handler may raise ``Retry(delay=...)`` to ask for another attempt whatever its
-    exception rules; it still counts against ``max_attempts``. A handler that runs past
-    its subscriber ``timeout`` fails that attempt with ``TimeoutError``.
+    A handler may raise ``Retry(delay=...)`` to ask for another attempt even when
+    ``Retry`` is not in ``retry_on``; it still counts against ``max_attempts``, and
+    ``give_up_on`` still wins when it lists ``Retry`` (or a base class of it). A handler
+    that runs past its subscriber ``timeout`` fails that attempt with
+    ``HandlerTimeoutError`` (a ``TimeoutError``).
 
     ``RetryPolicy.none()`` is one attempt and no retry.
     """

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 __all__ = [
     "ACK",
     "CLAIM_IDS",
-    "IDLE",
     "DEAD_LETTER",
-    "PROMOTE",
-    "REPLAY",
-    "RETRY",
-    "Keys",
+    "IDLE",
     "META_ATTEMPT",
     "META_NOTES",
     "META_ORIGIN",
     "PAYLOAD",
+    "PROMOTE",
+    "REPLAY",
+    "RETRY",
+    "Keys",
 ]
 
 PAYLOAD = "payload"
