@@ -27,11 +27,13 @@ pytest: $(STAMP)
 	$(BIN)/python -m coverage report --fail-under=85
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.quickstart
+	$(BIN)/python -m examples.ecommerce demo
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --group bench
 	$(BIN)/python benchmarks/inmemory.py
+	$(BIN)/python benchmarks/redis_throughput.py
+	$(BIN)/python benchmarks/order_latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage

@@ -72,7 +72,7 @@ class Settings:
     delivery_limit: int
     maxlen: int | None
     publish_retry_for: float
-    socket_timeout: float
+    socket_timeout: float | None
 
 
 class _Scripts:
@@ -104,7 +104,8 @@ class RedisConnection:
             retry=RedisRetry(NoBackoff(), 0),
             health_check_interval=1,
             socket_connect_timeout=5,
-            socket_timeout=max(settings.socket_timeout, settings.block + 5),
+            socket_timeout=settings.socket_timeout,
+            socket_keepalive=True,
         )
         self.scripts = _Scripts(self.client)
         self._subs: list[RedisSubscription] = []
@@ -281,6 +282,8 @@ class RedisConnection:
         while True:
             try:
                 async with wrapped("waiting for the groups to finish"):
+                    for sub in self._subs:
+                        await sub.flush_acks()
                     if await self._idle():
                         return
                 failures = 0

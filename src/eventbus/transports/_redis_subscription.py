@@ -53,6 +53,8 @@ class RedisSubscription:
         self._fetching = anyio.Lock()
         self._fetch_scope: anyio.CancelScope | None = None
         self._own_pending_done = False
+        self._acks: dict[str, list[str]] = {self._keys.stream: [], self._keys.redeliver: []}
+        self._promote_at = 0.0
         self._last_claim = float("-inf")
         self._next_due_ms = -1
         self._failures = 0
@@ -76,6 +78,8 @@ class RedisSubscription:
             out[key].append(delivery.entry_id)
         for key, entry_id in self._suspects:
             out[key].append(entry_id)
+        for key, ids in self._acks.items():
+            out[key].extend(ids)
         return out
 
     # -- receiving -----------------------------------------------------------------
@@ -123,13 +127,17 @@ class RedisSubscription:
         if now - self._last_claim >= settings.claim_timeout / 4:
             self._last_claim = now
             await self._claim_stale()
+        await self.flush_acks()
         if self._suspects:
             await self._take_suspect()
             return
         keys = self._keys
-        self._next_due_ms = await self._conn.scripts.promote(
-            keys=[keys.retry, keys.redeliver], args=[settings.prefetch]
-        )
+        if now >= self._promote_at:
+            self._next_due_ms = await self._conn.scripts.promote(
+                keys=[keys.retry, keys.redeliver], args=[settings.prefetch]
+            )
+            wait = self._next_due_ms / 1000 if self._next_due_ms >= 0 else settings.block
+            self._promote_at = now + min(wait, settings.block)
         reply = await self._conn.client.xreadgroup(
             self._group,
             self._consumer,
@@ -143,10 +151,26 @@ class RedisSubscription:
 
     def _block_ms(self) -> int:
         settings = self._conn.settings
-        block = int(min(settings.block, settings.claim_timeout / 4) * 1000)
-        if self._next_due_ms >= 0:
-            block = min(block, self._next_due_ms + 1)
-        return max(1, block)
+        block = min(settings.block, settings.claim_timeout / 4)
+        block = min(block, self._promote_at - anyio.current_time())
+        return max(1, int(block * 1000) + 1)
+
+    async def flush_acks(self) -> None:
+        """Send the queued acks in one round trip (XACK, and XDEL for redelivered ones).
+
+        On a connection failure they stay queued (and leased) for the next try.
+        """
+        if not (self._acks[self._keys.stream] or self._acks[self._keys.redeliver]):
+            return
+        pipe = self._conn.client.pipeline(transaction=False)
+        for key, ids in self._acks.items():
+            if ids:
+                pipe.xack(key, self._group, *ids)
+                if key == self._keys.redeliver:
+                    pipe.xdel(key, *ids)
+        await pipe.execute()
+        for ids in self._acks.values():
+            ids.clear()
 
     def _delivery(self, key: str, entry_id: str, fields: Mapping[bytes, bytes]) -> RedisDelivery:
         redeliver = key == self._keys.redeliver
@@ -283,17 +307,22 @@ class RedisSubscription:
                 if self._closed:
                     raise
                 await self._conn.backoff(failures, "settling a delivery")
+        self._release(delivery)
+
+    def _release(self, delivery: RedisDelivery) -> None:
+        """The delivery is settled here: no longer held, and the next suspect may go."""
         self._held.pop(self._slot(delivery), None)
         if self._suspect_out == self._slot(delivery):
             self._suspect_out = None
             self._suspect_done.set()
 
     async def ack(self, delivery: Delivery) -> None:
-        """XACK the entry (and delete it when it came from the redeliver stream)."""
+        """Queue the entry's XACK; acks go out in a batch before this consumer's next read
+        (or at ``wait_idle`` and close). A crash before that repeats at most ``prefetch``
+        entries, which at-least-once allows."""
         d = self._own(delivery)
-        key, delete = self._source(d)
-        script = self._conn.scripts.ack
-        await self._settle(d, lambda: script(keys=[key], args=[self._group, d.entry_id, delete]))
+        self._acks[self._slot(d)[0]].append(d.entry_id)
+        self._release(d)
 
     async def nack(self, delivery: Delivery, delay: float, notes: Mapping[str, str]) -> None:
         """Schedule the entry in the group's retry set, then XACK it (one Lua script)."""
@@ -305,6 +334,7 @@ class RedisSubscription:
         ]  # fmt: skip
         script = self._conn.scripts.retry
         await self._settle(d, lambda: script(keys=[key, self._keys.retry], args=args))
+        self._promote_at = min(self._promote_at, anyio.current_time() + max(0.0, delay))
 
     async def dead_letter(self, delivery: Delivery, notes: Mapping[str, str]) -> None:
         """Copy the entry's raw fields to the group's dead-letter stream, then XACK it."""
@@ -325,6 +355,12 @@ class RedisSubscription:
         if self._fetch_scope is not None:
             self._fetch_scope.cancel()
         self._suspect_done.set()
+        try:
+            await self.flush_acks()
+        except self._conn.connection_errors:
+            logger.warning(
+                "could not send the last acks of %s; they will be redelivered", self._group
+            )
         held = self.held_entries()
         self._buffer.clear()
         self._held.clear()

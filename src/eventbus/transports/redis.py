@@ -49,16 +49,17 @@ class RedisTransport:
       over by another (default 60). Keep it above your handler timeouts; live workers
       renew their leases every third of it.
     - ``block``: seconds one read waits for new entries (default 1).
-    - ``prefetch``: entries read at once per subscription (default 16); a crash
-      duplicates at most this many.
+    - ``prefetch``: entries read at once per subscription (default 64); acks go out in a
+      batch before the next read, so a crash repeats at most this many.
     - ``delivery_limit``: deliveries without an ack (workers dying on the entry) after
       which it is dead-lettered as ``poison`` (default 5).
     - ``maxlen``: approximate cap of each stream (default None: keep everything; a cap
       drops entries that a slow group has not read yet).
     - ``publish_retry_for``: seconds publish keeps retrying to reach Redis when nothing
       was sent yet (default 5).
-    - ``socket_timeout``: seconds a command may wait for Redis's reply (default 30), so
-      that a stalled server gives an error instead of a hang.
+    - ``socket_timeout``: seconds a command may wait for Redis's reply (default None:
+      TCP keepalive notices a dead server; ``publish(timeout=...)`` bounds one publish).
+      Setting it costs some latency on every command. Keep it above ``block``.
 
     The options are checked here (``ConfigurationError``); the URL too, so that a bad one
     fails at once rather than at connect.
@@ -72,11 +73,11 @@ class RedisTransport:
         consumer_name: str | None = None,
         claim_timeout: float = 60.0,
         block: float = 1.0,
-        prefetch: int = 16,
+        prefetch: int = 64,
         delivery_limit: int = 5,
         maxlen: int | None = None,
         publish_retry_for: float = 5.0,
-        socket_timeout: float = 30.0,
+        socket_timeout: float | None = None,
     ) -> None:
         _check_url(url)
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
@@ -91,7 +92,9 @@ class RedisTransport:
             delivery_limit=check_count(owner, "delivery_limit", delivery_limit),
             maxlen=None if maxlen is None else check_count(owner, "maxlen", maxlen),
             publish_retry_for=check_seconds(owner, "publish_retry_for", publish_retry_for),
-            socket_timeout=check_seconds(owner, "socket_timeout", socket_timeout, zero=False),
+            socket_timeout=None
+            if socket_timeout is None
+            else check_seconds(owner, "socket_timeout", socket_timeout, zero=False),
         )
         if consumer_name is not None and not (
             isinstance(consumer_name, str) and _NAME.fullmatch(consumer_name)
