@@ -180,10 +180,9 @@ def _short_str(value: object) -> bool:
 
 def _field(headers: Mapping[str, str], key: str) -> str:
     value = headers.get(key)
-    if not _short_str(value):
-        raise MalformedMessageError(f"the {key!r} header is missing or not a short string")
-    assert isinstance(value, str)
-    return value
+    if isinstance(value, str) and 0 < len(value) <= _MAX_FIELD:
+        return value
+    raise MalformedMessageError(f"the {key!r} header is missing or not a short string")
 
 
 def _version(value: str) -> int:

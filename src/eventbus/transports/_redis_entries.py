@@ -11,6 +11,8 @@ from ._redis_scripts import META_ATTEMPT, META_NOTES, META_ORIGIN, PAYLOAD
 
 __all__ = ["RedisDelivery", "by_stream", "entry_delivery", "entry_message", "text"]
 
+_PAYLOAD = PAYLOAD.encode()
+
 
 class RedisDelivery(Delivery):
     """A delivery that remembers the stream entry it came from."""
@@ -43,13 +45,17 @@ def entry_message(fields: Mapping[bytes, bytes]) -> tuple[Message, dict[str, str
     meta: dict[str, str] = {}
     body = b""
     for key, value in fields.items():
-        name = text(key)
-        if name == PAYLOAD:
+        if key == _PAYLOAD:
             body = value
-        elif name.startswith("_"):
-            meta[name] = text(value)
+            continue
+        try:
+            name, decoded = key.decode(), value.decode()
+        except UnicodeDecodeError:  # kept, replaced: the codec refuses it with a reason
+            name, decoded = text(key), text(value)
+        if name.startswith("_"):
+            meta[name] = decoded
         else:
-            headers[name] = text(value)
+            headers[name] = decoded
     return Message(body, headers), meta
 
 
