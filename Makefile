@@ -32,6 +32,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --group bench
 	$(BIN)/python benchmarks/inmemory.py
+	$(BIN)/python benchmarks/urgent_latency.py
 	$(BIN)/python benchmarks/redis_throughput.py
 	$(BIN)/python benchmarks/order_latency.py
 
