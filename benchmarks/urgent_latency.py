@@ -67,9 +67,7 @@ async def main(trials: int, backlog: int) -> None:
         f"urgent event behind {backlog:,} queued background events (0.5 ms each), {trials} trials"
     )
     print(f"  urgent handled after: p50 {statistics.median(waits):.2f} ms, p99 {p99:.2f} ms,")
-    print(
-        f"                        max {waits[-1]:.2f} ms (the backlog needs >= {backlog * 0.5 / 1000:.0f} s)"
-    )
+    print(f"  max {waits[-1]:.2f} ms; the backlog alone needs >= {backlog * 0.5 / 1000:.0f} s")
     met = "met" if p99 < 50 else "NOT MET"
     print(f"  [{met}] urgent event handled within 50 ms (p99 {p99:.2f} ms)")
 
