@@ -135,19 +135,20 @@ class RedisConnection:
         commands = [self._xadd_command(topic, message) for topic, message in items]
         return await self._send_with_timeout(commands, timeout) if commands else []
 
-    def _xadd_command(self, topic: str, message: Message) -> list[Any]:
+    def _xadd_command(self, topic: str, message: Message) -> bytes:
+        """The XADD of one message in Redis's wire protocol (RESP), ready to send."""
         body = message.body  # encodes a lazy message first: a too-large event fails here
-        command: list[Any] = ["XADD", f"{self.settings.prefix}:{{{topic}}}"]
+        args: list[bytes] = [b"XADD", f"{self.settings.prefix}:{{{topic}}}".encode()]
         if self.settings.maxlen is not None:
-            command += ["MAXLEN", "~", self.settings.maxlen]
-        command.append("*")
+            args += [b"MAXLEN", b"~", str(self.settings.maxlen).encode()]
+        args.append(b"*")
         for name, value in message.headers.items():
-            command += [name, value]
-        command += [PAYLOAD, body]
-        return command
+            args += [name.encode(), value.encode()]
+        args += [_PAYLOAD_FIELD, bytes(body)]
+        return resp_command(args)
 
     async def _send_with_timeout(
-        self, commands: list[list[Any]], timeout: float | None
+        self, commands: list[bytes], timeout: float | None
     ) -> list[str]:
         sent: list[bool] = []
         if timeout is None:
@@ -165,7 +166,7 @@ class RedisConnection:
                 f"Redis did not accept the event within {timeout} s"
             ) from None
 
-    async def _send(self, commands: list[list[Any]], sent: list[bool]) -> list[str]:
+    async def _send(self, commands: list[bytes], sent: list[bool]) -> list[str]:
         failures = 0
         give_up = anyio.current_time() + self.settings.publish_retry_for
         while True:
@@ -183,10 +184,10 @@ class RedisConnection:
             finally:
                 await pool.release(conn)
 
-    async def _send_on(self, conn: Any, commands: list[list[Any]], sent: list[bool]) -> list[str]:
+    async def _send_on(self, conn: Any, commands: list[bytes], sent: list[bool]) -> list[str]:
         try:
             sent.append(True)  # from here on, Redis may have the commands
-            await conn.send_packed_command(conn.pack_commands(commands))
+            await conn.send_packed_command(b"".join(commands))
             replies = [await _reply(conn) for _ in commands]
         except _CONNECTION_ERRORS as exc:
             await conn.disconnect()
@@ -404,6 +405,17 @@ async def _reply(conn: Any) -> Any:
         return await conn.read_response()
     except ResponseError as exc:
         return exc
+
+
+_PAYLOAD_FIELD = PAYLOAD.encode()
+
+
+def resp_command(args: list[bytes]) -> bytes:
+    """One command in RESP: ``*<n>`` then ``$<len>`` and the bytes of each argument."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(parts)
 
 
 def _entry_order(dead: StoredDeadLetter) -> tuple[int, int]:
