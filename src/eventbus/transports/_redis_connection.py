@@ -147,9 +147,7 @@ class RedisConnection:
         args += [_PAYLOAD_FIELD, bytes(body)]
         return resp_command(args)
 
-    async def _send_with_timeout(
-        self, commands: list[bytes], timeout: float | None
-    ) -> list[str]:
+    async def _send_with_timeout(self, commands: list[bytes], timeout: float | None) -> list[str]:
         sent: list[bool] = []
         if timeout is None:
             return await self._send(commands, sent)
