@@ -17,7 +17,7 @@ _PAYLOAD = PAYLOAD.encode()
 class RedisDelivery(Delivery):
     """A delivery that remembers the stream entry it came from."""
 
-    __slots__ = ("entry_id", "from_redeliver")
+    __slots__ = ("entry_id", "from_redeliver", "slot")
 
     def __init__(
         self,
@@ -28,10 +28,12 @@ class RedisDelivery(Delivery):
         notes: Mapping[str, str],
         entry_id: str,
         from_redeliver: bool,
+        stream: str,
     ) -> None:
         super().__init__(id, topic, message, attempt, notes)
         self.entry_id = entry_id
         self.from_redeliver = from_redeliver
+        self.slot = (stream, entry_id)  # where it is held: ids repeat across streams
 
 
 def text(value: bytes | str) -> str:
@@ -60,7 +62,7 @@ def entry_message(fields: Mapping[bytes, bytes]) -> tuple[Message, dict[str, str
 
 
 def entry_delivery(
-    topic: str, entry_id: str, fields: Mapping[bytes, bytes], *, from_redeliver: bool
+    topic: str, stream: str, entry_id: str, fields: Mapping[bytes, bytes], *, from_redeliver: bool
 ) -> RedisDelivery:
     """The delivery of one entry; a redeliver entry carries its attempt, notes and origin."""
     message, meta = entry_message(fields)
@@ -74,7 +76,7 @@ def entry_delivery(
     attempt_text = meta.get(META_ATTEMPT, "1") if from_redeliver else "1"
     attempt = int(attempt_text) if attempt_text.isdigit() else 1
     origin = meta.get(META_ORIGIN, entry_id) if from_redeliver else entry_id
-    return RedisDelivery(origin, topic, message, attempt, notes, entry_id, from_redeliver)
+    return RedisDelivery(origin, topic, message, attempt, notes, entry_id, from_redeliver, stream)
 
 
 def by_stream(reply: Any) -> dict[str, list[tuple[bytes, dict[bytes, bytes]]]]:

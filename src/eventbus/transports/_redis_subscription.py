@@ -174,7 +174,7 @@ class RedisSubscription:
 
     def _delivery(self, key: str, entry_id: str, fields: Mapping[bytes, bytes]) -> RedisDelivery:
         redeliver = key == self._keys.redeliver
-        return entry_delivery(self._topic, entry_id, fields, from_redeliver=redeliver)
+        return entry_delivery(self._topic, key, entry_id, fields, from_redeliver=redeliver)
 
     def _hold(self, delivery: RedisDelivery) -> None:
         if self._slot(delivery) not in self._held:
@@ -282,8 +282,7 @@ class RedisSubscription:
 
     def _slot(self, delivery: RedisDelivery) -> tuple[str, str]:
         """Where a delivery is held: its stream key and entry id (ids repeat across streams)."""
-        key = self._keys.redeliver if delivery.from_redeliver else self._keys.stream
-        return key, delivery.entry_id
+        return delivery.slot
 
     def _source(self, delivery: RedisDelivery) -> tuple[str, str]:
         if delivery.from_redeliver:
