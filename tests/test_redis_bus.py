@@ -279,3 +279,27 @@ def test_settings_never_show_the_password() -> None:
     transport = RedisTransport("redis://user:s3cret@localhost:6379/0")
     assert "s3cret" not in repr(transport)
     assert "s3cret" not in repr(transport._settings)
+
+
+async def test_acks_queued_during_a_flush_are_sent_by_the_next_one(
+    transport: RedisTransport, redis_server: RedisServer
+) -> None:
+    """An ack queued while a flush waits on Redis is not lost when that flush ends."""
+    conn = await transport.connect()
+    sub = await conn.subscribe("orders", "g")
+    await conn.publish_many([("orders", Message(b"{}", {"i": str(i)})) for i in range(2)])
+    first, second = await sub.receive(), await sub.receive()
+    assert first is not None
+    assert second is not None
+    admin = aioredis.Redis.from_url(redis_server.url)
+    await sub.ack(first)
+    await admin.client_pause(300, all=False)  # writes wait, reads go on
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sub.flush_acks)  # held by the pause
+        await anyio.wait_all_tasks_blocked()
+        await sub.ack(second)  # queued while the first flush waits
+    await sub.flush_acks()
+    pending = await admin.xpending(f"{transport._settings.prefix}:{{orders}}", "g")
+    await admin.aclose()
+    await conn.aclose()
+    assert pending["pending"] == 0

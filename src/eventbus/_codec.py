@@ -127,23 +127,24 @@ class Codec:
     @staticmethod
     def decode_envelope(headers: Mapping[str, str], attempt: int = 1) -> Envelope:
         """The envelope of wire headers; raises ``MalformedMessageError`` when invalid."""
-        if not isinstance(headers, Mapping):
+        if type(headers) is not dict and not isinstance(headers, Mapping):
             raise MalformedMessageError("the headers are not a mapping")
         event_id = _field(headers, "id")
         correlation = headers.get("correlation_id", event_id)
+        if not _short_str(correlation):
+            raise MalformedMessageError("the correlation_id header is not a short string")
         causation = headers.get("causation_id")
-        for key, value in (("correlation_id", correlation), ("causation_id", causation)):
-            if value is not None and not _short_str(value):
-                raise MalformedMessageError(f"the {key} header is not a short string")
+        if causation is not None and not _short_str(causation):
+            raise MalformedMessageError("the causation_id header is not a short string")
         return Envelope(
-            id=event_id,
-            name=_field(headers, "name"),
-            version=_version(_field(headers, "version")),
-            occurred_at=_time(_field(headers, "time")),
-            correlation_id=correlation,
-            causation_id=causation,
-            headers=_user_headers(headers.get("headers")),
-            attempt=attempt,
+            event_id,
+            _field(headers, "name"),
+            _version(_field(headers, "version")),
+            _time(_field(headers, "time")),
+            correlation,
+            causation,
+            _user_headers(headers.get("headers")),
+            attempt,
         )
 
 
@@ -194,6 +195,8 @@ def _version(value: str) -> int:
 def _time(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is UTC:
+            return parsed
         if parsed.tzinfo is None:
             raise MalformedMessageError(f"the time header {value!r} has no timezone")
         return parsed.astimezone(UTC)
@@ -203,9 +206,12 @@ def _time(value: str) -> datetime:
         ) from None
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 def _user_headers(raw: object) -> Mapping[str, str]:
     if raw is None:
-        return MappingProxyType({})
+        return _NO_HEADERS
     try:
         parsed = json.loads(raw) if isinstance(raw, str) else None
     except (ValueError, RecursionError):

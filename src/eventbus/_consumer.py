@@ -131,6 +131,8 @@ class Consumer:
                             await self._failed(delivery, envelope.id, envelope.name, exc)
                         else:
                             await ack(delivery)
+                    elif self._limiter is None:
+                        await self._handle_now(delivery)
                     else:
                         await self._handle(delivery)
                 finally:
@@ -163,11 +165,14 @@ class Consumer:
         except DecodeError as exc:
             await self._undecodable(delivery, exc)
             return
-        context = None
-        if sub.takes_context or host.middleware:
-            context = Context(envelope, sub.group, host.publish)
         try:
-            await call_handler(sub, event, context, host.middleware)
+            if self._plain and not host.middleware:
+                await sub.handler(event)
+            else:
+                context = None
+                if sub.takes_context or host.middleware:
+                    context = Context(envelope, sub.group, host.publish)
+                await call_handler(sub, event, context, host.middleware)
         except Exception as exc:
             await self._failed(delivery, envelope.id, envelope.name, exc)
         else:

@@ -158,19 +158,25 @@ class RedisSubscription:
     async def flush_acks(self) -> None:
         """Send the queued acks in one round trip (XACK, and XDEL for redelivered ones).
 
-        On a connection failure they stay queued (and leased) for the next try.
+        The queue is taken before the round trip, so that acks queued meanwhile wait for
+        the next flush; on a connection failure the taken ones go back (still leased).
+        Safe to call from several tasks at once.
         """
-        if not (self._acks[self._keys.stream] or self._acks[self._keys.redeliver]):
+        batch = {key: ids for key, ids in self._acks.items() if ids}
+        if not batch:
             return
+        self._acks = {self._keys.stream: [], self._keys.redeliver: []}
         pipe = self._conn.client.pipeline(transaction=False)
-        for key, ids in self._acks.items():
-            if ids:
-                pipe.xack(key, self._group, *ids)
-                if key == self._keys.redeliver:
-                    pipe.xdel(key, *ids)
-        await pipe.execute()
-        for ids in self._acks.values():
-            ids.clear()
+        for key, ids in batch.items():
+            pipe.xack(key, self._group, *ids)
+            if key == self._keys.redeliver:
+                pipe.xdel(key, *ids)
+        try:
+            await pipe.execute()
+        except BaseException:
+            for key, ids in batch.items():
+                self._acks[key][:0] = ids
+            raise
 
     def _delivery(self, key: str, entry_id: str, fields: Mapping[bytes, bytes]) -> RedisDelivery:
         redeliver = key == self._keys.redeliver
