@@ -145,7 +145,9 @@ async def test_urgent_event_skips_a_background_backlog_on_redis(
             await producer.publish(UserBanned(user_id="u-1"))
             await drain(worker, timeout=30)
     assert order.count("order") == 2000
-    assert order.index("ban") < 100
+    # The background consumer may finish a batch or two of its prefetch (64 entries)
+    # while the ban travels; it never waits for the backlog of 2,000.
+    assert order.index("ban") < 3 * 64
 
 
 async def test_start_warns_about_eviction_and_missing_persistence(

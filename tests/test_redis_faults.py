@@ -10,7 +10,6 @@ that the group ``ledger`` has nothing pending on the stream or its redeliver str
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import secrets
@@ -19,7 +18,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,13 +37,13 @@ from eventbus import (
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated
 from tests.redis_server import RedisServer
+from tests.waiting import Condition, wait_for
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "ledger"
 PRODUCER = "producer"  # the client name of the test's own bus
-Condition = Callable[[], bool | Awaitable[bool]]
 
 
 @pytest.fixture
@@ -64,20 +63,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
-
-
-async def wait_for(condition: Condition, timeout: float, what: str) -> None:
-    """Poll ``condition`` (sync or async) every 50 ms until true; fail after ``timeout``."""
-    deadline = anyio.current_time() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if anyio.current_time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await anyio.sleep(0.05)
 
 
 class Ledger:

@@ -27,6 +27,7 @@ from eventbus._errors import (
 
 from ._protocol import Message, StoredDeadLetter
 from ._redis_entries import entry_message
+from ._redis_links import Links, ready, resp_command, round_trip
 from ._redis_scripts import (
     ACK,
     CLAIM_IDS,
@@ -108,6 +109,7 @@ class RedisConnection:
             socket_keepalive=True,
         )
         self.scripts = _Scripts(self.client)
+        self.links = Links(self.client)
         self._subs: list[RedisSubscription] = []
         self._closed = False
 
@@ -167,26 +169,32 @@ class RedisConnection:
     async def _send(self, commands: list[bytes], sent: list[bool]) -> list[str]:
         failures = 0
         give_up = anyio.current_time() + self.settings.publish_retry_for
+        packed = b"".join(commands)
         while True:
-            pool: Any = self.client.connection_pool
+            conn = self.links.take()
             try:
-                conn = await pool.get_connection()
+                await ready(conn)
             except _CONNECTION_ERRORS as exc:  # nothing was sent: safe to try again
+                await conn.disconnect()
+                self.links.give_back(conn)
                 failures += 1
                 if anyio.current_time() >= give_up:
                     raise TransportError("cannot reach Redis to publish") from exc
                 await self.backoff(failures, "publishing")
                 continue
             try:
-                return await self._send_on(conn, commands, sent)
+                replies = await self._send_on(conn, packed, len(commands), sent)
             finally:
-                await pool.release(conn)
+                self.links.give_back(conn)
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise TransportError(f"Redis refused an event: {reply}")
+            return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 
-    async def _send_on(self, conn: Any, commands: list[bytes], sent: list[bool]) -> list[str]:
+    async def _send_on(self, conn: Any, packed: bytes, count: int, sent: list[bool]) -> list[Any]:
         try:
             sent.append(True)  # from here on, Redis may have the commands
-            await conn.send_packed_command(b"".join(commands))
-            replies = [await _reply(conn) for _ in commands]
+            return await round_trip(conn, packed, count)
         except _CONNECTION_ERRORS as exc:
             await conn.disconnect()
             raise PublishOutcomeUnknownError(
@@ -197,10 +205,6 @@ class RedisConnection:
             with anyio.CancelScope(shield=True):
                 await conn.disconnect()  # a late reply must not reach the next command
             raise
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise TransportError(f"Redis refused an event: {reply}")
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 
     # -- subscribing ---------------------------------------------------------------
 
@@ -394,26 +398,11 @@ class RedisConnection:
             for sub in self._subs:
                 await sub.aclose()
             self._subs.clear()
+            await self.links.aclose()
             await self.client.aclose()
 
 
-async def _reply(conn: Any) -> Any:
-    """One reply; an error reply is returned, not raised, so that the rest are still read."""
-    try:
-        return await conn.read_response()
-    except ResponseError as exc:
-        return exc
-
-
 _PAYLOAD_FIELD = PAYLOAD.encode()
-
-
-def resp_command(args: list[bytes]) -> bytes:
-    """One command in RESP: ``*<n>`` then ``$<len>`` and the bytes of each argument."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    return b"".join(parts)
 
 
 def _entry_order(dead: StoredDeadLetter) -> tuple[int, int]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ._protocol import Delivery, Message
 from ._redis_scripts import META_ATTEMPT, META_NOTES, META_ORIGIN, PAYLOAD
 
-__all__ = ["RedisDelivery", "by_stream", "entry_delivery", "entry_message", "text"]
+__all__ = ["Fields", "RedisDelivery", "entry_delivery", "entry_message", "read_entries", "text"]
 
 _PAYLOAD = PAYLOAD.encode()
+
+Fields = Mapping[bytes, bytes] | Sequence[bytes]
+"""The fields of an entry: a mapping (parsed by redis-py) or Redis's flat list."""
 
 
 class RedisDelivery(Delivery):
@@ -41,12 +44,19 @@ def text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", errors="replace")
 
 
-def entry_message(fields: Mapping[bytes, bytes]) -> tuple[Message, dict[str, str]]:
+def _pairs(fields: Fields) -> Iterable[tuple[bytes, bytes]]:
+    if isinstance(fields, Mapping):
+        return fields.items()
+    flat = iter(fields)
+    return zip(flat, flat, strict=False)  # Redis keeps fields in pairs
+
+
+def entry_message(fields: Fields) -> tuple[Message, dict[str, str]]:
     """The message of a stream entry, and its transport fields (those starting ``_``)."""
     headers: dict[str, str] = {}
     meta: dict[str, str] = {}
     body = b""
-    for key, value in fields.items():
+    for key, value in _pairs(fields):
         if key == _PAYLOAD:
             body = value
             continue
@@ -62,7 +72,7 @@ def entry_message(fields: Mapping[bytes, bytes]) -> tuple[Message, dict[str, str
 
 
 def entry_delivery(
-    topic: str, stream: str, entry_id: str, fields: Mapping[bytes, bytes], *, from_redeliver: bool
+    topic: str, stream: str, entry_id: str, fields: Fields, *, from_redeliver: bool
 ) -> RedisDelivery:
     """The delivery of one entry; a redeliver entry carries its attempt, notes and origin."""
     message, meta = entry_message(fields)
@@ -79,9 +89,15 @@ def entry_delivery(
     return RedisDelivery(origin, topic, message, attempt, notes, entry_id, from_redeliver, stream)
 
 
-def by_stream(reply: Any) -> dict[str, list[tuple[bytes, dict[bytes, bytes]]]]:
-    """An XREADGROUP reply as {stream key: [(entry id, fields)]}, deleted entries left out."""
-    out: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
-    for key, items in reply or []:
-        out[text(key)] = [(i, f) for i, f in items if f is not None]
-    return out
+def read_entries(reply: Any) -> Iterator[tuple[str, str, Fields]]:
+    """(stream key, entry id, fields) of an unparsed XREADGROUP reply, in order.
+
+    The reply is Redis's own: nil, or per stream ``[key, [[id, [field, value, ...]]]]``
+    (a map of keys under RESP3). Deleted entries (nil fields) are left out.
+    """
+    streams = reply.items() if isinstance(reply, Mapping) else reply or ()
+    for key, items in streams:
+        name = text(key)
+        for entry_id, fields in items:
+            if fields is not None:
+                yield name, text(entry_id), fields

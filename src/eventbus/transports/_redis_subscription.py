@@ -15,7 +15,8 @@ from redis.exceptions import ResponseError
 from eventbus._errors import TransportClosedError
 
 from ._protocol import Delivery
-from ._redis_entries import RedisDelivery, by_stream, entry_delivery, text
+from ._redis_entries import Fields, RedisDelivery, entry_delivery, read_entries, text
+from ._redis_links import ready, resp_command, round_trip
 from ._redis_scripts import Keys
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ class RedisSubscription:
         self._next_due_ms = -1
         self._failures = 0
         self._closed = False
+        self._link: Any = None  # this consumer's own connection for reads
+        self._read_head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode()]
+        self._read_head += [b"COUNT", b"%d" % conn.settings.prefetch]
 
     @property
     def group(self) -> str:
@@ -127,8 +131,8 @@ class RedisSubscription:
         if now - self._last_claim >= settings.claim_timeout / 4:
             self._last_claim = now
             await self._claim_stale()
-        await self.flush_acks()
         if self._suspects:
+            await self.flush_acks()
             await self._take_suspect()
             return
         keys = self._keys
@@ -138,16 +142,38 @@ class RedisSubscription:
             )
             wait = self._next_due_ms / 1000 if self._next_due_ms >= 0 else settings.block
             self._promote_at = now + min(wait, settings.block)
-        reply = await self._conn.client.xreadgroup(
-            self._group,
-            self._consumer,
-            {keys.redeliver: ">", keys.stream: ">"},  # due retries before new entries
-            count=settings.prefetch,
-            block=self._block_ms(),
-        )
-        for key, items in by_stream(reply).items():
-            for entry_id, fields in items:
-                self._hold(self._delivery(key, text(entry_id), fields))
+        await self._read()
+
+    async def _read(self) -> None:
+        """Send the queued acks and XREADGROUP in one write on this consumer's own
+        connection: due retries (the redeliver stream) before new entries."""
+        if self._link is None:
+            self._link = self._conn.links.take()
+        link = self._link
+        await ready(link)  # raises before anything is sent
+        batch = self._take_acks()
+        commands = self._ack_commands(batch)
+        commands.append(resp_command(self._read_args()))
+        try:
+            replies = await round_trip(link, b"".join(commands), len(commands))
+        except BaseException:
+            self._put_back_acks(batch)  # still leased: sent again with the next read
+            raise
+        reply = replies[-1]
+        if isinstance(reply, ResponseError):
+            raise reply
+        for key, entry_id, fields in read_entries(reply):
+            self._hold(self._delivery(key, entry_id, fields))
+        for reply in replies[:-1]:
+            if isinstance(reply, ResponseError):
+                raise reply
+
+    def _read_args(self) -> list[bytes]:
+        keys = self._keys
+        return [
+            *self._read_head, b"BLOCK", b"%d" % self._block_ms(), b"STREAMS",
+            keys.redeliver.encode(), keys.stream.encode(), b">", b">",
+        ]  # fmt: skip
 
     def _block_ms(self) -> int:
         settings = self._conn.settings
@@ -162,10 +188,9 @@ class RedisSubscription:
         the next flush; on a connection failure the taken ones go back (still leased).
         Safe to call from several tasks at once.
         """
-        batch = {key: ids for key, ids in self._acks.items() if ids}
+        batch = self._take_acks()
         if not batch:
             return
-        self._acks = {self._keys.stream: [], self._keys.redeliver: []}
         pipe = self._conn.client.pipeline(transaction=False)
         for key, ids in batch.items():
             pipe.xack(key, self._group, *ids)
@@ -174,11 +199,31 @@ class RedisSubscription:
         try:
             await pipe.execute()
         except BaseException:
-            for key, ids in batch.items():
-                self._acks[key][:0] = ids
+            self._put_back_acks(batch)
             raise
 
-    def _delivery(self, key: str, entry_id: str, fields: Mapping[bytes, bytes]) -> RedisDelivery:
+    def _take_acks(self) -> dict[str, list[str]]:
+        batch = {key: ids for key, ids in self._acks.items() if ids}
+        if batch:
+            self._acks = {self._keys.stream: [], self._keys.redeliver: []}
+        return batch
+
+    def _put_back_acks(self, batch: Mapping[str, list[str]]) -> None:
+        for key, ids in batch.items():
+            self._acks[key][:0] = ids
+
+    def _ack_commands(self, batch: Mapping[str, list[str]]) -> list[bytes]:
+        """XACK (and XDEL for the redeliver stream) of a batch, in RESP."""
+        commands = []
+        group = self._group.encode()
+        for key, ids in batch.items():
+            encoded = [key.encode(), *(i.encode() for i in ids)]
+            commands.append(resp_command([b"XACK", encoded[0], group, *encoded[1:]]))
+            if key == self._keys.redeliver:
+                commands.append(resp_command([b"XDEL", *encoded]))
+        return commands
+
+    def _delivery(self, key: str, entry_id: str, fields: Fields) -> RedisDelivery:
         redeliver = key == self._keys.redeliver
         return entry_delivery(self._topic, key, entry_id, fields, from_redeliver=redeliver)
 
