@@ -92,7 +92,7 @@ async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unkno
     transport = RedisTransport(redis_server.url, prefix=prefix)
     async with EventBus(transport=transport) as bus:
         await bus.publish(OrderCreated(order_id="o-1"))
-        links: Links = bus._conn.links  # type: ignore[union-attr, attr-defined]
+        links: Links = bus._conn.links  # type: ignore[union-attr]
         (spare,) = links._spare
         killed = await client.client_kill_filter(_type="normal", skipme=True)
         assert killed >= 1
