@@ -26,9 +26,11 @@ from ._errors import (
 from ._event import Event
 from .transports._protocol import Message
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Codec", "EventMessage"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "HEADER_FIELDS", "Codec", "EventMessage"]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+HEADER_FIELDS = ("id", "name", "version", "time", "correlation_id", "causation_id", "headers")
+"""The names of the wire headers, in the order they are written."""
 _MAX_FIELD = 200
 
 
@@ -117,7 +119,7 @@ class Codec:
                 f"the body has {len(body)} bytes, more than the limit of {self.max_payload_bytes}"
             )
         try:
-            event = event_type.model_validate_json(bytes(body))
+            event: Event = event_type.__pydantic_validator__.validate_json(bytes(body))
         except (ValidationError, ValueError, RecursionError) as exc:
             raise MalformedMessageError(
                 f"the payload is not a valid {envelope.name}: {_summary(exc, event_type)}"
@@ -129,21 +131,35 @@ class Codec:
         """The envelope of wire headers; raises ``MalformedMessageError`` when invalid."""
         if type(headers) is not dict and not isinstance(headers, Mapping):
             raise MalformedMessageError("the headers are not a mapping")
-        event_id = _field(headers, "id")
-        correlation = headers.get("correlation_id", event_id)
-        if not _short_str(correlation):
+        get = headers.get
+        event_id, name, version, time = get("id"), get("name"), get("version"), get("time")
+        if not (
+            type(event_id) is str
+            and type(name) is str
+            and type(version) is str
+            and type(time) is str
+            and 0 < len(event_id) <= _MAX_FIELD
+            and 0 < len(name) <= _MAX_FIELD
+            and 0 < len(version) <= _MAX_FIELD
+            and 0 < len(time) <= _MAX_FIELD
+        ):  # say which one is wrong
+            event_id, name = _field(headers, "id"), _field(headers, "name")
+            version, time = _field(headers, "version"), _field(headers, "time")
+        correlation = get("correlation_id", event_id)
+        if correlation is not event_id and not _short_str(correlation):
             raise MalformedMessageError("the correlation_id header is not a short string")
-        causation = headers.get("causation_id")
+        causation = get("causation_id")
         if causation is not None and not _short_str(causation):
             raise MalformedMessageError("the causation_id header is not a short string")
+        raw_headers = get("headers")
         return Envelope(
             event_id,
-            _field(headers, "name"),
-            _version(_field(headers, "version")),
-            _time(_field(headers, "time")),
+            name,
+            _version(version),
+            _time(time),
             correlation,
             causation,
-            _user_headers(headers.get("headers")),
+            _NO_HEADERS if raw_headers is None else _user_headers(raw_headers),
             attempt,
         )
 

@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from eventbus._codec import HEADER_FIELDS
+
 from ._protocol import Delivery, Message
 from ._redis_scripts import META_ATTEMPT, META_NOTES, META_ORIGIN, PAYLOAD
 
@@ -51,16 +53,25 @@ def _pairs(fields: Fields) -> Iterable[tuple[bytes, bytes]]:
     return zip(flat, flat, strict=False)  # Redis keeps fields in pairs
 
 
+# The envelope's field names, decoded once (the rest are decoded per entry).
+_HEADER_NAMES = {n.encode(): n for n in HEADER_FIELDS}
+
+
 def entry_message(fields: Fields) -> tuple[Message, dict[str, str]]:
     """The message of a stream entry, and its transport fields (those starting ``_``)."""
     headers: dict[str, str] = {}
     meta: dict[str, str] = {}
     body = b""
+    known = _HEADER_NAMES
     for key, value in _pairs(fields):
         if key == _PAYLOAD:
             body = value
             continue
+        name = known.get(key)
         try:
+            if name is not None:
+                headers[name] = value.decode()
+                continue
             name, decoded = key.decode(), value.decode()
         except UnicodeDecodeError:  # kept, replaced: the codec refuses it with a reason
             name, decoded = text(key), text(value)

@@ -228,8 +228,8 @@ class RedisSubscription:
         return entry_delivery(self._topic, key, entry_id, fields, from_redeliver=redeliver)
 
     def _hold(self, delivery: RedisDelivery) -> None:
-        if self._slot(delivery) not in self._held:
-            self._held[self._slot(delivery)] = delivery
+        if delivery.slot not in self._held:
+            self._held[delivery.slot] = delivery
             self._buffer.append(delivery)
 
     # -- suspects: own pending entries and entries taken over --------------------------
@@ -319,7 +319,7 @@ class RedisSubscription:
             extra={"group": self._group, "message_id": delivery.id},
         )
         notes = _notes("poison", f"delivered {count} times without an ack (the worker died?)")
-        self._held[self._slot(delivery)] = delivery
+        self._held[delivery.slot] = delivery
         await self.dead_letter(delivery, notes)
 
     # -- settling ------------------------------------------------------------------
@@ -327,13 +327,9 @@ class RedisSubscription:
     def _own(self, delivery: Delivery) -> RedisDelivery:
         if self._closed:
             raise TransportClosedError("the subscription is closed")
-        if not isinstance(delivery, RedisDelivery) or self._slot(delivery) not in self._held:
+        if not isinstance(delivery, RedisDelivery) or delivery.slot not in self._held:
             raise TransportClosedError(f"{delivery!r} is not held by this consumer")
         return delivery
-
-    def _slot(self, delivery: RedisDelivery) -> tuple[str, str]:
-        """Where a delivery is held: its stream key and entry id (ids repeat across streams)."""
-        return delivery.slot
 
     def _source(self, delivery: RedisDelivery) -> tuple[str, str]:
         if delivery.from_redeliver:
@@ -361,8 +357,8 @@ class RedisSubscription:
 
     def _release(self, delivery: RedisDelivery) -> None:
         """The delivery is settled here: no longer held, and the next suspect may go."""
-        self._held.pop(self._slot(delivery), None)
-        if self._suspect_out == self._slot(delivery):
+        self._held.pop(delivery.slot, None)
+        if self._suspect_out == delivery.slot:
             self._suspect_out = None
             self._suspect_done.set()
 
@@ -371,7 +367,7 @@ class RedisSubscription:
         (or at ``wait_idle`` and close). A crash before that repeats at most ``prefetch``
         entries, which at-least-once allows."""
         d = self._own(delivery)
-        self._acks[self._slot(d)[0]].append(d.entry_id)
+        self._acks[d.slot[0]].append(d.entry_id)
         self._release(d)
 
     async def nack(self, delivery: Delivery, delay: float, notes: Mapping[str, str]) -> None:
