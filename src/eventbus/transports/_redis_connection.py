@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from eventbus._codec import HEADER_FIELDS
 from eventbus._errors import (
     PublishOutcomeUnknownError,
     PublishTimeoutError,
@@ -27,7 +28,7 @@ from eventbus._errors import (
 
 from ._protocol import Message, StoredDeadLetter
 from ._redis_entries import entry_message
-from ._redis_links import Links, ready, resp_command, round_trip
+from ._redis_links import Links, ready, resp_arg, round_trip
 from ._redis_scripts import (
     ACK,
     CLAIM_IDS,
@@ -110,6 +111,7 @@ class RedisConnection:
         )
         self.scripts = _Scripts(self.client)
         self.links = Links(self.client)
+        self._xadd_heads: dict[str, tuple[int, bytes]] = {}
         self._subs: list[RedisSubscription] = []
         self._closed = False
 
@@ -140,14 +142,25 @@ class RedisConnection:
     def _xadd_command(self, topic: str, message: Message) -> bytes:
         """The XADD of one message in Redis's wire protocol (RESP), ready to send."""
         body = message.body  # encodes a lazy message first: a too-large event fails here
+        head = self._xadd_heads.get(topic)
+        if head is None:
+            head = self._xadd_heads[topic] = self._xadd_head(topic)
+        count, parts = head[0] + 2, [head[1]]
+        for name, value in message.headers.items():
+            parts.append(_PACKED_NAMES.get(name) or resp_arg(name.encode()))
+            parts.append(resp_arg(value.encode()))
+            count += 2
+        parts.append(_PACKED_PAYLOAD)
+        parts.append(resp_arg(bytes(body)))
+        return b"*%d\r\n%b" % (count, b"".join(parts))
+
+    def _xadd_head(self, topic: str) -> tuple[int, bytes]:
+        """The arguments before the fields, packed: XADD key [MAXLEN ~ n] *."""
         args: list[bytes] = [b"XADD", f"{self.settings.prefix}:{{{topic}}}".encode()]
         if self.settings.maxlen is not None:
             args += [b"MAXLEN", b"~", str(self.settings.maxlen).encode()]
         args.append(b"*")
-        for name, value in message.headers.items():
-            args += [name.encode(), value.encode()]
-        args += [_PAYLOAD_FIELD, bytes(body)]
-        return resp_command(args)
+        return len(args), b"".join(resp_arg(a) for a in args)
 
     async def _send_with_timeout(self, commands: list[bytes], timeout: float | None) -> list[str]:
         sent: list[bool] = []
@@ -402,7 +415,8 @@ class RedisConnection:
             await self.client.aclose()
 
 
-_PAYLOAD_FIELD = PAYLOAD.encode()
+_PACKED_PAYLOAD = resp_arg(PAYLOAD.encode())
+_PACKED_NAMES = {name: resp_arg(name.encode()) for name in HEADER_FIELDS}
 
 
 def _entry_order(dead: StoredDeadLetter) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-__all__ = ["Links", "resp_command", "round_trip"]
+__all__ = ["Links", "ready", "resp_arg", "resp_command", "round_trip"]
 
 
 class Links:
@@ -83,7 +83,9 @@ async def round_trip(conn: Any, packed: bytes, count: int) -> list[Any]:
 
 def resp_command(args: list[bytes]) -> bytes:
     """One command in RESP: ``*<n>`` then ``$<len>`` and the bytes of each argument."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    return b"".join(parts)
+    return b"*%d\r\n%b" % (len(args), b"".join([resp_arg(arg) for arg in args]))
+
+
+def resp_arg(arg: bytes) -> bytes:
+    """One argument in RESP; ``b"*%d\\r\\n" % n`` and ``n`` of these make a command."""
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)

@@ -16,7 +16,7 @@ from eventbus._errors import TransportClosedError
 
 from ._protocol import Delivery
 from ._redis_entries import Fields, RedisDelivery, entry_delivery, read_entries, text
-from ._redis_links import ready, resp_command, round_trip
+from ._redis_links import ready, resp_arg, round_trip
 from ._redis_scripts import Keys
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class RedisSubscription:
         self._suspects: deque[tuple[str, str]] = deque()
         self._suspect_out: tuple[str, str] | None = None
         self._suspect_done = anyio.Event()
-        self._fetching = anyio.Lock()
+        self._fetching = anyio.Lock(fast_acquire=True)  # no extra loop turn when free
         self._fetch_scope: anyio.CancelScope | None = None
         self._own_pending_done = False
         self._acks: dict[str, list[str]] = {self._keys.stream: [], self._keys.redeliver: []}
@@ -61,8 +61,15 @@ class RedisSubscription:
         self._failures = 0
         self._closed = False
         self._link: Any = None  # this consumer's own connection for reads
-        self._read_head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode()]
-        self._read_head += [b"COUNT", b"%d" % conn.settings.prefetch]
+        # XREADGROUP ... BLOCK <ms> ...: everything but the wait, packed once
+        head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode()]
+        head += [b"COUNT", b"%d" % conn.settings.prefetch, b"BLOCK"]
+        tail = [b"STREAMS", self._keys.redeliver.encode(), self._keys.stream.encode(), b">", b">"]
+        self._read_parts = (
+            b"*%d\r\n%b" % (len(head) + 1 + len(tail), b"".join(map(resp_arg, head))),
+            b"".join(map(resp_arg, tail)),
+        )
+        self._group_arg = resp_arg(group.encode())
 
     @property
     def group(self) -> str:
@@ -142,9 +149,9 @@ class RedisSubscription:
             )
             wait = self._next_due_ms / 1000 if self._next_due_ms >= 0 else settings.block
             self._promote_at = now + min(wait, settings.block)
-        await self._read()
+        await self._read(now)
 
-    async def _read(self) -> None:
+    async def _read(self, now: float) -> None:
         """Send the queued acks and XREADGROUP in one write on this consumer's own
         connection: due retries (the redeliver stream) before new entries."""
         if self._link is None:
@@ -153,7 +160,8 @@ class RedisSubscription:
         await ready(link)  # raises before anything is sent
         batch = self._take_acks()
         commands = self._ack_commands(batch)
-        commands.append(resp_command(self._read_args()))
+        head, tail = self._read_parts
+        commands.append(b"%b%b%b" % (head, resp_arg(b"%d" % self._block_ms(now)), tail))
         try:
             replies = await round_trip(link, b"".join(commands), len(commands))
         except BaseException:
@@ -168,17 +176,10 @@ class RedisSubscription:
             if isinstance(reply, ResponseError):
                 raise reply
 
-    def _read_args(self) -> list[bytes]:
-        keys = self._keys
-        return [
-            *self._read_head, b"BLOCK", b"%d" % self._block_ms(), b"STREAMS",
-            keys.redeliver.encode(), keys.stream.encode(), b">", b">",
-        ]  # fmt: skip
-
-    def _block_ms(self) -> int:
+    def _block_ms(self, now: float) -> int:
         settings = self._conn.settings
         block = min(settings.block, settings.claim_timeout / 4)
-        block = min(block, self._promote_at - anyio.current_time())
+        block = min(block, self._promote_at - now)
         return max(1, int(block * 1000) + 1)
 
     async def flush_acks(self) -> None:
@@ -215,12 +216,16 @@ class RedisSubscription:
     def _ack_commands(self, batch: Mapping[str, list[str]]) -> list[bytes]:
         """XACK (and XDEL for the redeliver stream) of a batch, in RESP."""
         commands = []
-        group = self._group.encode()
         for key, ids in batch.items():
-            encoded = [key.encode(), *(i.encode() for i in ids)]
-            commands.append(resp_command([b"XACK", encoded[0], group, *encoded[1:]]))
+            packed_key = resp_arg(key.encode())
+            packed_ids = b"".join([resp_arg(i.encode()) for i in ids])
+            commands.append(b"*%d\r\n$4\r\nXACK\r\n%b%b%b" % (
+                len(ids) + 3, packed_key, self._group_arg, packed_ids
+            ))  # fmt: skip
             if key == self._keys.redeliver:
-                commands.append(resp_command([b"XDEL", *encoded]))
+                commands.append(b"*%d\r\n$4\r\nXDEL\r\n%b%b" % (
+                    len(ids) + 2, packed_key, packed_ids
+                ))  # fmt: skip
         return commands
 
     def _delivery(self, key: str, entry_id: str, fields: Fields) -> RedisDelivery:
