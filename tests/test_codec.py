@@ -390,6 +390,41 @@ def test_bad_envelope_headers_are_malformed(changes: dict[str, object]) -> None:
     assert error.reason == "malformed"
 
 
+FIRST_WRONG_HEADER: dict[str, tuple[dict[str, object], str]] = {
+    "id only": ({"id": None}, "'id'"),
+    "correlation before name": ({"correlation_id": "", "name": None}, "correlation_id"),
+    "causation before version": ({"causation_id": 3, "version": None}, "causation_id"),
+    "name before version": ({"name": "", "version": "x"}, "'name'"),
+    "version before time": ({"version": "one", "time": None}, "version"),
+    "time before headers": ({"time": "yesterday", "headers": "x"}, "time"),
+    "headers last": ({"headers": "[]"}, "headers"),
+    "a str subclass is fine": ({"name": type("Name", (str,), {})("OrderCreated")}, ""),
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"), FIRST_WRONG_HEADER.values(), ids=FIRST_WRONG_HEADER.keys()
+)
+def test_the_error_names_the_first_wrong_header(changes: dict[str, object], named: str) -> None:
+    """Headers are checked in a fixed order (id, correlation_id, causation_id, name,
+    version, time, headers) and the error names the first wrong one."""
+    headers: dict[str, object] = dict(valid_headers())
+    for key, value in changes.items():
+        if value is None:
+            headers.pop(key, None)
+        else:
+            headers[key] = value
+    message = Message(VALID_BODY, cast(Mapping[str, str], headers))
+
+    if not named:
+        event, _ = make_codec().decode(message)
+        assert isinstance(event, OrderCreated)
+        return
+    error = decode_error(make_codec(), message)
+    assert isinstance(error, MalformedMessageError)
+    assert named in str(error)
+
+
 MALFORMED_BODIES: dict[str, object] = {
     "invalid JSON": b'{"order_id": ',
     "invalid UTF-8": b'{"order_id": "\xff\xfe"}',

@@ -10,8 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from eventbus import EventBus
-from eventbus.transports._redis_links import Links, ready, resp_command, round_trip
+from eventbus import EventBus, PublishOutcomeUnknownError, PublishTimeoutError
+from eventbus.transports._redis_commands import resp_command
+from eventbus.transports._redis_links import Links, ensure_connected, round_trip
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated
 from tests.redis_server import RedisServer
@@ -35,28 +36,22 @@ async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
 
 
 def closed_by_server(conn: Any) -> bool:
-    """Whether the event loop has seen Redis close this connection."""
+    """Whether the event loop has seen Redis close this connection (redis-py internals)."""
     reader = conn._reader
     return reader is None or reader.at_eof() or reader.exception() is not None
-
-
-def test_resp_command_packs_binary_arguments() -> None:
-    assert (
-        resp_command([b"SET", b"k", b"a\r\nb"]) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n"
-    )
 
 
 async def test_round_trip_reads_every_reply_in_order_errors_included(client: Any) -> None:
     """An error reply in the middle is returned in its place; the later replies still come."""
     links = Links(client)
     conn = links.take()
-    key = f"links:{secrets.token_hex(4)}"
-    await ready(conn)
+    key = f"links:{secrets.token_hex(4)}".encode()
+    await ensure_connected(conn)
     packed = b"".join(
         [
-            resp_command([b"SET", key.encode(), b"1"]),
-            resp_command([b"LPUSH", key.encode(), b"x"]),  # wrong type: an error reply
-            resp_command([b"INCR", key.encode()]),
+            resp_command([b"SET", key, b"1"]),
+            resp_command([b"LPUSH", key, b"x"]),  # wrong type: an error reply
+            resp_command([b"INCR", key]),
         ]
     )
     replies = await round_trip(conn, packed, 3)
@@ -66,21 +61,45 @@ async def test_round_trip_reads_every_reply_in_order_errors_included(client: Any
     assert replies[2] == 2
     links.give_back(conn)
     assert links.take() is conn  # reused, not made again
+    assert links.count == 1
     await links.aclose()
     assert not conn.is_connected
+    assert links.count == 0
 
 
-async def test_ready_reconnects_a_connection_redis_closed_while_idle(client: Any) -> None:
+async def test_ensure_connected_reopens_a_connection_redis_closed_while_idle(
+    client: Any,
+) -> None:
+    """CLIENT KILL of an idle connection: the next command goes on a new connection."""
     links = Links(client)
     conn = links.take()
-    await ready(conn)
+    await ensure_connected(conn)
     (first_id,) = await round_trip(conn, resp_command([b"CLIENT", b"ID"]), 1)
     assert await client.client_kill_filter(_id=first_id) == 1
     await wait_for(lambda: closed_by_server(conn), 5, "the loop to see the close")
-    await ready(conn)
+    await ensure_connected(conn)
     (second_id,) = await round_trip(conn, resp_command([b"CLIENT", b"ID"]), 1)
     assert second_id != first_id
     await links.aclose()
+
+
+async def test_closing_goes_on_when_one_connection_fails_to_close(client: Any) -> None:
+    """A connection whose disconnect raises does not keep the others open."""
+    links = Links(client)
+    first, second = links.take(), links.take()
+    await ensure_connected(first)
+    await ensure_connected(second)
+
+    async def broken(nowait: bool = False) -> None:
+        raise OSError("cannot close")
+
+    first.disconnect = broken
+    await links.aclose()
+    assert not second.is_connected
+    links.give_back(second)  # after close: not kept
+    assert links.count == 0
+    del first.disconnect  # the real one again, to close it for good
+    await first.disconnect()
 
 
 async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unknown(
@@ -99,3 +118,20 @@ async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unkno
         await wait_for(lambda: closed_by_server(spare), 5, "the loop to see the close")
         await bus.publish(OrderCreated(order_id="o-2"))
     assert await client.xlen(f"{prefix}:{{OrderCreated}}") == 2
+
+
+async def test_timed_out_publishes_do_not_pile_up_connections(
+    redis_server: RedisServer, client: Any
+) -> None:
+    """Publishes that time out while Redis is paused (sending, or logging in on a new
+    connection) each give their connection back: no connection is made per timeout."""
+    transport = RedisTransport(redis_server.url, prefix=f"t{secrets.token_hex(4)}")
+    async with EventBus(transport=transport) as bus:
+        await bus.publish(OrderCreated(order_id="o-0"))
+        links: Links = bus._conn.links  # type: ignore[union-attr]
+        await client.client_pause(500)  # every command waits half a second
+        for i in range(5):
+            with pytest.raises((PublishTimeoutError, PublishOutcomeUnknownError)):
+                await bus.publish(OrderCreated(order_id=f"o-{i}"), timeout=0.02)
+        await bus.publish(OrderCreated(order_id="o-6"))  # waits the pause out
+        assert links.count == 1

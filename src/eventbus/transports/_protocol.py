@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "HEADER_FIELDS",
     "Connection",
     "Delivery",
     "Features",
@@ -41,6 +42,9 @@ __all__ = [
 
 
 _NO_NOTES: Mapping[str, str] = MappingProxyType({})
+
+HEADER_FIELDS = ("id", "name", "version", "time", "correlation_id", "causation_id", "headers")
+"""The names of the headers the bus writes (docs/wire-format.md), in their order."""
 
 
 class Message:

@@ -18,7 +18,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from eventbus._codec import HEADER_FIELDS
 from eventbus._errors import (
     PublishOutcomeUnknownError,
     PublishTimeoutError,
@@ -27,14 +26,14 @@ from eventbus._errors import (
 )
 
 from ._protocol import Message, StoredDeadLetter
+from ._redis_commands import XaddCommand
 from ._redis_entries import entry_message
-from ._redis_links import Links, ready, resp_arg, round_trip
+from ._redis_links import Links, ensure_connected, round_trip
 from ._redis_scripts import (
     ACK,
     CLAIM_IDS,
     DEAD_LETTER,
     IDLE,
-    PAYLOAD,
     PROMOTE,
     REPLAY,
     RETRY,
@@ -111,7 +110,7 @@ class RedisConnection:
         )
         self.scripts = _Scripts(self.client)
         self.links = Links(self.client)
-        self._xadd_heads: dict[str, tuple[int, bytes]] = {}
+        self._xadd = XaddCommand(settings.prefix, settings.maxlen)
         self._subs: list[RedisSubscription] = []
         self._closed = False
 
@@ -126,7 +125,7 @@ class RedisConnection:
         """
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        command = self._xadd_command(topic, message)
+        command = self._xadd.pack(topic, message)
         (reply,) = await self._send_with_timeout([command], timeout)
         return reply
 
@@ -136,31 +135,8 @@ class RedisConnection:
         """XADD every message in one round trip (a pipeline, not a transaction)."""
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        commands = [self._xadd_command(topic, message) for topic, message in items]
+        commands = [self._xadd.pack(topic, message) for topic, message in items]
         return await self._send_with_timeout(commands, timeout) if commands else []
-
-    def _xadd_command(self, topic: str, message: Message) -> bytes:
-        """The XADD of one message in Redis's wire protocol (RESP), ready to send."""
-        body = message.body  # encodes a lazy message first: a too-large event fails here
-        head = self._xadd_heads.get(topic)
-        if head is None:
-            head = self._xadd_heads[topic] = self._xadd_head(topic)
-        count, parts = head[0] + 2, [head[1]]
-        for name, value in message.headers.items():
-            parts.append(_PACKED_NAMES.get(name) or resp_arg(name.encode()))
-            parts.append(resp_arg(value.encode()))
-            count += 2
-        parts.append(_PACKED_PAYLOAD)
-        parts.append(resp_arg(bytes(body)))
-        return b"*%d\r\n%b" % (count, b"".join(parts))
-
-    def _xadd_head(self, topic: str) -> tuple[int, bytes]:
-        """The arguments before the fields, packed: XADD key [MAXLEN ~ n] *."""
-        args: list[bytes] = [b"XADD", f"{self.settings.prefix}:{{{topic}}}".encode()]
-        if self.settings.maxlen is not None:
-            args += [b"MAXLEN", b"~", str(self.settings.maxlen).encode()]
-        args.append(b"*")
-        return len(args), b"".join(resp_arg(a) for a in args)
 
     async def _send_with_timeout(self, commands: list[bytes], timeout: float | None) -> list[str]:
         sent: list[bool] = []
@@ -186,23 +162,23 @@ class RedisConnection:
         while True:
             conn = self.links.take()
             try:
-                await ready(conn)
-            except _CONNECTION_ERRORS as exc:  # nothing was sent: safe to try again
-                await conn.disconnect()
-                self.links.give_back(conn)
-                failures += 1
-                if anyio.current_time() >= give_up:
-                    raise TransportError("cannot reach Redis to publish") from exc
-                await self.backoff(failures, "publishing")
-                continue
-            try:
-                replies = await self._send_on(conn, packed, len(commands), sent)
+                try:
+                    await ensure_connected(conn)
+                except _CONNECTION_ERRORS as exc:  # nothing was sent: safe to try again
+                    failure: BaseException = exc
+                else:
+                    replies = await self._send_on(conn, packed, len(commands), sent)
+                    break
             finally:
                 self.links.give_back(conn)
-            for reply in replies:
-                if isinstance(reply, ResponseError):
-                    raise TransportError(f"Redis refused an event: {reply}")
-            return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+            failures += 1
+            if anyio.current_time() >= give_up:
+                raise TransportError("cannot reach Redis to publish") from failure
+            await self.backoff(failures, "publishing")
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise TransportError(f"Redis refused an event: {reply}")
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 
     async def _send_on(self, conn: Any, packed: bytes, count: int, sent: list[bool]) -> list[Any]:
         try:
@@ -411,12 +387,10 @@ class RedisConnection:
             for sub in self._subs:
                 await sub.aclose()
             self._subs.clear()
-            await self.links.aclose()
-            await self.client.aclose()
-
-
-_PACKED_PAYLOAD = resp_arg(PAYLOAD.encode())
-_PACKED_NAMES = {name: resp_arg(name.encode()) for name in HEADER_FIELDS}
+            try:
+                await self.links.aclose()
+            finally:
+                await self.client.aclose()
 
 
 def _entry_order(dead: StoredDeadLetter) -> tuple[int, int]:

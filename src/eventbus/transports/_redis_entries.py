@@ -6,9 +6,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from eventbus._codec import HEADER_FIELDS
-
-from ._protocol import Delivery, Message
+from ._protocol import HEADER_FIELDS, Delivery, Message
 from ._redis_scripts import META_ATTEMPT, META_NOTES, META_ORIGIN, PAYLOAD
 
 __all__ = ["Fields", "RedisDelivery", "entry_delivery", "entry_message", "read_entries", "text"]

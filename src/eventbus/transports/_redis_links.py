@@ -4,28 +4,38 @@ redis-py's pool checks every connection it hands out by trying a read with a zer
 timeout, which costs an event-loop turn per command. Publishing and each consumer's
 reads instead keep their own connections, made with the pool's settings (address,
 login, TLS, database, timeouts) but never handed out by it, and send commands already
-packed in Redis's wire protocol.
+packed in Redis's wire protocol (``_redis_commands``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from redis.exceptions import ResponseError
+import anyio
+from redis.exceptions import RedisError, ResponseError
 
-__all__ = ["Links", "ready", "resp_arg", "resp_command", "round_trip"]
+__all__ = ["Links", "ensure_connected", "round_trip"]
+
+logger = logging.getLogger("eventbus.redis")
 
 
 class Links:
-    """Spare connections of one client for callers that each own one while they use it."""
+    """The connections one client made for callers that each own one while they use it.
+
+    ``take`` reuses a spare connection or makes a new one, so there are as many as the
+    most callers at once (one per publish in flight, one per subscription); they are
+    closed by ``aclose``. Not shared between event loops.
+    """
 
     def __init__(self, client: Any) -> None:
         self._pool = client.connection_pool
         self._spare: list[Any] = []
         self._made: list[Any] = []
+        self._closed = False
 
     def take(self) -> Any:
-        """A spare connection, or a new one (it connects on ``ready``)."""
+        """A spare connection, or a new one (it connects in ``ensure_connected``)."""
         if self._spare:
             return self._spare.pop()
         conn = self._pool.make_connection()
@@ -33,34 +43,49 @@ class Links:
         return conn
 
     def give_back(self, conn: Any) -> None:
-        """Return a connection whose replies were all read (or that was disconnected)."""
-        self._spare.append(conn)
+        """Return a connection whose replies were all read, or that is disconnected."""
+        if not self._closed:
+            self._spare.append(conn)
+
+    @property
+    def count(self) -> int:
+        """How many connections were made and not closed."""
+        return len(self._made)
 
     async def aclose(self) -> None:
-        """Disconnect every connection made here."""
-        for conn in self._made:
-            await conn.disconnect()
-        self._made.clear()
-        self._spare.clear()
+        """Disconnect every connection made here, without waiting for the server."""
+        self._closed = True
+        made, self._made, self._spare = self._made, [], []
+        for conn in made:
+            try:
+                await conn.disconnect(nowait=True)
+            except (RedisError, OSError) as exc:
+                logger.debug("closing a Redis connection failed: %s", type(exc).__name__)
 
 
-async def ready(conn: Any) -> None:
+async def ensure_connected(conn: Any) -> None:
     """Connect, or reconnect when Redis closed the connection while it sat idle.
 
-    Raises redis-py's connection errors before anything is sent, so a caller may try
-    again without risking a duplicate.
+    Fails before anything of the caller's is sent (so a caller may try again without
+    risking a duplicate); on any failure, cancellation included, ``conn`` is left
+    disconnected, never halfway through its login.
     """
-    if conn.is_connected and _closed_by_server(conn):
-        await conn.disconnect()
-    if not conn.is_connected:
-        await conn.connect()
-    else:
-        await conn.check_health()  # a PING when idle past health_check_interval
+    try:
+        if conn.is_connected and _closed_by_server(conn):
+            await conn.disconnect(nowait=True)
+        if not conn.is_connected:
+            await conn.connect()
+        else:
+            await conn.check_health()  # a PING when idle past health_check_interval
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await conn.disconnect(nowait=True)
+        raise
 
 
 def _closed_by_server(conn: Any) -> bool:
-    # The stream reader sees the server's close (EOF or reset) as soon as the event
-    # loop does; the pool learns the same by trying a read.
+    # The stream reader holds the server's close (EOF or reset) as soon as the event loop
+    # has seen it; the pool learns the same by trying a read, at the cost of a loop turn.
     reader = getattr(conn, "_reader", None)
     return reader is not None and (reader.at_eof() or reader.exception() is not None)
 
@@ -79,13 +104,3 @@ async def round_trip(conn: Any, packed: bytes, count: int) -> list[Any]:
         except ResponseError as exc:
             replies.append(exc)
     return replies
-
-
-def resp_command(args: list[bytes]) -> bytes:
-    """One command in RESP: ``*<n>`` then ``$<len>`` and the bytes of each argument."""
-    return b"*%d\r\n%b" % (len(args), b"".join([resp_arg(arg) for arg in args]))
-
-
-def resp_arg(arg: bytes) -> bytes:
-    """One argument in RESP; ``b"*%d\\r\\n" % n`` and ``n`` of these make a command."""
-    return b"$%d\r\n%b\r\n" % (len(arg), arg)

@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from eventbus._errors import TransportClosedError
 
 from ._protocol import Delivery
+from ._redis_commands import XreadgroupCommand, ack_commands
 from ._redis_entries import Fields, RedisDelivery, entry_delivery, read_entries, text
-from ._redis_links import ready, resp_arg, round_trip
+from ._redis_links import ensure_connected, round_trip
 from ._redis_scripts import Keys
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisSubscription"]
 
 logger = logging.getLogger("eventbus.redis")
+_CLOSE_WAIT = 5.0  # seconds aclose waits for a cancelled read to let go
 
 
 class RedisSubscription:
@@ -61,15 +63,7 @@ class RedisSubscription:
         self._failures = 0
         self._closed = False
         self._link: Any = None  # this consumer's own connection for reads
-        # XREADGROUP ... BLOCK <ms> ...: everything but the wait, packed once
-        head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode()]
-        head += [b"COUNT", b"%d" % conn.settings.prefetch, b"BLOCK"]
-        tail = [b"STREAMS", self._keys.redeliver.encode(), self._keys.stream.encode(), b">", b">"]
-        self._read_parts = (
-            b"*%d\r\n%b" % (len(head) + 1 + len(tail), b"".join(map(resp_arg, head))),
-            b"".join(map(resp_arg, tail)),
-        )
-        self._group_arg = resp_arg(group.encode())
+        self._read_command = XreadgroupCommand(self._keys, group, consumer, conn.settings.prefetch)
 
     @property
     def group(self) -> str:
@@ -152,29 +146,28 @@ class RedisSubscription:
         await self._read(now)
 
     async def _read(self, now: float) -> None:
-        """Send the queued acks and XREADGROUP in one write on this consumer's own
-        connection: due retries (the redeliver stream) before new entries."""
+        """Send the queued acks and the XREADGROUP in one write, on a connection of its own."""
         if self._link is None:
             self._link = self._conn.links.take()
-        link = self._link
-        await ready(link)  # raises before anything is sent
+        await ensure_connected(self._link)  # fails before anything is sent
         batch = self._take_acks()
-        commands = self._ack_commands(batch)
-        head, tail = self._read_parts
-        commands.append(b"%b%b%b" % (head, resp_arg(b"%d" % self._block_ms(now)), tail))
+        commands = ack_commands(self._group, batch, self._keys.redeliver)
+        commands.append(self._read_command.pack(self._block_ms(now)))
         try:
-            replies = await round_trip(link, b"".join(commands), len(commands))
+            replies = await round_trip(self._link, b"".join(commands), len(commands))
         except BaseException:
             self._put_back_acks(batch)  # still leased: sent again with the next read
             raise
-        reply = replies[-1]
-        if isinstance(reply, ResponseError):
-            raise reply
-        for key, entry_id, fields in read_entries(reply):
+        *ack_replies, read_reply = replies
+        refused = [reply for reply in ack_replies if isinstance(reply, ResponseError)]
+        if refused:
+            self._put_back_acks(batch)  # XACK and XDEL repeat harmlessly
+        if isinstance(read_reply, ResponseError):
+            raise read_reply
+        for key, entry_id, fields in read_entries(read_reply):
             self._hold(self._delivery(key, entry_id, fields))
-        for reply in replies[:-1]:
-            if isinstance(reply, ResponseError):
-                raise reply
+        if refused:
+            raise refused[0]
 
     def _block_ms(self, now: float) -> int:
         settings = self._conn.settings
@@ -212,21 +205,6 @@ class RedisSubscription:
     def _put_back_acks(self, batch: Mapping[str, list[str]]) -> None:
         for key, ids in batch.items():
             self._acks[key][:0] = ids
-
-    def _ack_commands(self, batch: Mapping[str, list[str]]) -> list[bytes]:
-        """XACK (and XDEL for the redeliver stream) of a batch, in RESP."""
-        commands = []
-        for key, ids in batch.items():
-            packed_key = resp_arg(key.encode())
-            packed_ids = b"".join([resp_arg(i.encode()) for i in ids])
-            commands.append(b"*%d\r\n$4\r\nXACK\r\n%b%b%b" % (
-                len(ids) + 3, packed_key, self._group_arg, packed_ids
-            ))  # fmt: skip
-            if key == self._keys.redeliver:
-                commands.append(b"*%d\r\n$4\r\nXDEL\r\n%b%b" % (
-                    len(ids) + 2, packed_key, packed_ids
-                ))  # fmt: skip
-        return commands
 
     def _delivery(self, key: str, entry_id: str, fields: Fields) -> RedisDelivery:
         redeliver = key == self._keys.redeliver
@@ -368,7 +346,7 @@ class RedisSubscription:
             self._suspect_done.set()
 
     async def ack(self, delivery: Delivery) -> None:
-        """Queue the entry's XACK; acks go out in a batch before this consumer's next read
+        """Queue the entry's XACK; acks go out in a batch with this consumer's next read
         (or at ``wait_idle`` and close). A crash before that repeats at most ``prefetch``
         entries, which at-least-once allows."""
         d = self._own(delivery)
@@ -406,11 +384,16 @@ class RedisSubscription:
         if self._fetch_scope is not None:
             self._fetch_scope.cancel()
         self._suspect_done.set()
+        with anyio.move_on_after(_CLOSE_WAIT):
+            async with self._fetching:  # the cancelled read puts its acks back first
+                pass
         try:
             await self.flush_acks()
-        except self._conn.connection_errors:
+        except (RedisError, OSError) as exc:
             logger.warning(
-                "could not send the last acks of %s; they will be redelivered", self._group
+                "could not send the last acks of %s (%s); they will be redelivered",
+                self._group,
+                type(exc).__name__,
             )
         held = self.held_entries()
         self._buffer.clear()
@@ -420,10 +403,11 @@ class RedisSubscription:
             await self._conn.release(held, self._group)
             if not any(held.values()):
                 await self._conn.forget_consumer(self._keys, self._group)
-        except self._conn.connection_errors:
+        except (RedisError, OSError) as exc:
             logger.warning(
-                "could not hand back the entries held in %s; they wait for the claim timeout",
+                "could not hand back the entries held in %s (%s); they wait for the claim timeout",
                 self._group,
+                type(exc).__name__,
             )
 
 

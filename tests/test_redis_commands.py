@@ -1,0 +1,98 @@
+"""The hand-packed Redis commands match redis-py's packer; raw replies read back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eventbus.transports import Message
+from eventbus.transports._redis_commands import (
+    XaddCommand,
+    XreadgroupCommand,
+    ack_commands,
+    resp_command,
+)
+from eventbus.transports._redis_entries import entry_message, read_entries
+from eventbus.transports._redis_scripts import Keys
+
+binary = st.binary(max_size=40)
+text = st.text(max_size=20)
+
+
+def packed_by_redis_py(*args: Any) -> bytes:
+    """What redis-py sends for these arguments."""
+    return b"".join(aioredis.Connection().pack_command(*args))
+
+
+@given(st.from_regex(rb"\A[A-Z]{1,10}\Z"), st.lists(binary, max_size=8))
+def test_resp_command_matches_redis_py(name: bytes, args: list[bytes]) -> None:
+    """Any binary arguments (redis-py splits a first argument with spaces: not used)."""
+    assert resp_command([name, *args]) == packed_by_redis_py(name, *args)
+
+
+@given(
+    topic=st.text(min_size=1, max_size=12),
+    headers=st.dictionaries(text, text, max_size=7),
+    body=binary,
+    maxlen=st.none() | st.integers(1, 10**9),
+)
+def test_xadd_matches_redis_py(
+    topic: str, headers: dict[str, str], body: bytes, maxlen: int | None
+) -> None:
+    """XADD key [MAXLEN ~ n] * field value ... payload body, also with odd header names."""
+    command = XaddCommand("pre", maxlen)
+    args: list[Any] = ["XADD", f"pre:{{{topic}}}"]
+    if maxlen is not None:
+        args += ["MAXLEN", "~", str(maxlen)]
+    args.append("*")
+    for name, value in headers.items():
+        args += [name, value]
+    args += ["payload", body]
+    message = Message(body, headers)
+    assert command.pack(topic, message) == packed_by_redis_py(*args)
+    assert command.pack(topic, message) == packed_by_redis_py(*args)  # from the cache
+
+
+@given(block=st.integers(1, 10**6), count=st.integers(1, 1000))
+def test_xreadgroup_matches_redis_py(block: int, count: int) -> None:
+    keys = Keys.of("pre", "OrderCreated", "email")
+    command = XreadgroupCommand(keys, "email", "worker-1", count)
+    expected = packed_by_redis_py(
+        "XREADGROUP", "GROUP", "email", "worker-1", "COUNT", count, "BLOCK", block,
+        "STREAMS", keys.redeliver, keys.stream, ">", ">",
+    )  # fmt: skip
+    assert command.pack(block) == expected
+
+
+def test_acks_of_both_streams_and_the_xdel_of_redelivered_ones() -> None:
+    keys = Keys.of("pre", "OrderCreated", "email")
+    batch = {keys.stream: ["1-1", "1-2"], keys.redeliver: ["2-1"]}
+    assert ack_commands("email", batch, keys.redeliver) == [
+        packed_by_redis_py("XACK", keys.stream, "email", "1-1", "1-2"),
+        packed_by_redis_py("XACK", keys.redeliver, "email", "2-1"),
+        packed_by_redis_py("XDEL", keys.redeliver, "2-1"),
+    ]
+
+
+def test_read_entries_of_resp2_and_resp3_replies() -> None:
+    """Nil, lists per stream (RESP2), a map (RESP3); deleted entries are skipped."""
+    fields = [b"id", b"e-1", b"payload", b"{}"]
+    resp2 = [[b"s:redeliver", [[b"2-1", fields]]], [b"s", [[b"1-1", fields], [b"1-2", None]]]]
+    resp3 = {b"s:redeliver": [[b"2-1", fields]], b"s": [[b"1-1", fields], [b"1-2", None]]}
+    expected = [("s:redeliver", "2-1", fields), ("s", "1-1", fields)]
+    assert list(read_entries(resp2)) == expected
+    assert list(read_entries(resp3)) == expected
+    assert list(read_entries(None)) == []
+
+
+def test_entry_message_from_a_flat_list_or_a_mapping() -> None:
+    """Headers, transport fields (``_``) and the body; bad UTF-8 replaced, not raised."""
+    flat = [b"id", b"e-1", b"_dl_attempt", b"2", b"payload", b"{}", b"x\xff", b"\xfe"]
+    for fields in (flat, dict(zip(flat[::2], flat[1::2], strict=True))):
+        message, meta = entry_message(fields)
+        assert message.body == b"{}"
+        assert dict(message.headers) == {"id": "e-1", "x\ufffd": "\ufffd"}
+        assert meta == {"_dl_attempt": "2"}
