@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -27,7 +26,7 @@ from eventbus._errors import (
 
 from ._protocol import Message, StoredDeadLetter
 from ._redis_commands import XaddCommand
-from ._redis_entries import entry_message
+from ._redis_dead_letters import DeadLetterStore
 from ._redis_links import Links, ensure_connected, round_trip
 from ._redis_scripts import (
     ACK,
@@ -111,6 +110,9 @@ class RedisConnection:
         self.scripts = _Scripts(self.client)
         self.links = Links(self.client)
         self._xadd = XaddCommand(settings.prefix, settings.maxlen)
+        self._dead = DeadLetterStore(
+            self.client, settings.prefix, self.scripts.replay, self._groups
+        )
         self._subs: list[RedisSubscription] = []
         self._closed = False
 
@@ -299,44 +301,17 @@ class RedisConnection:
     async def dead_letters(self, group: str | None = None) -> list[StoredDeadLetter]:
         """Every dead letter of ``group`` (all groups when None), oldest first."""
         async with wrapped("listing dead letters"):
-            return await self._dead_letters(group)
-
-    async def _dead_letters(self, group: str | None) -> list[StoredDeadLetter]:
-        out: list[StoredDeadLetter] = []
-        for topic, g in await self._groups(group):
-            key = Keys.of(self.settings.prefix, topic, g).dead
-            for entry_id, fields in await self.client.xrange(key):
-                out.append(_stored(topic, g, entry_id.decode(), fields))
-        return sorted(out, key=_entry_order)
+            return await self._dead.listed(group)
 
     async def replay_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
         """Move dead letters back to their group's redeliver stream as attempt 1."""
         async with wrapped("replaying dead letters"):
-            return await self._replay(group, ids)
-
-    async def _replay(self, group: str | None, ids: Sequence[str] | None) -> int:
-        count = 0
-        for dead in await self._chosen(group, ids):
-            keys = Keys.of(self.settings.prefix, dead.topic, dead.group)
-            entry = dead.id.split("@")[0]
-            count += int(await self.scripts.replay(keys=[keys.dead, keys.redeliver], args=[entry]))
-        return count
+            return await self._dead.replay(group, ids)
 
     async def purge_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
         """XDEL the chosen dead letters."""
         async with wrapped("purging dead letters"):
-            return await self._purge(group, ids)
-
-    async def _purge(self, group: str | None, ids: Sequence[str] | None) -> int:
-        count = 0
-        for dead in await self._chosen(group, ids):
-            key = Keys.of(self.settings.prefix, dead.topic, dead.group).dead
-            count += int(await self.client.xdel(key, dead.id.split("@")[0]))
-        return count
-
-    async def _chosen(self, group: str | None, ids: Sequence[str] | None) -> list[StoredDeadLetter]:
-        wanted = None if ids is None else set(ids)
-        return [d for d in await self._dead_letters(group) if wanted is None or d.id in wanted]
+            return await self._dead.purge(group, ids)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -393,34 +368,7 @@ class RedisConnection:
                 await self.client.aclose()
 
 
-def _entry_order(dead: StoredDeadLetter) -> tuple[int, int]:
-    """Oldest first: stream ids ``ms-seq`` compared as numbers."""
-    ms, _, seq = dead.id.split("@")[0].partition("-")
-    return int(ms), int(seq or 0)
-
-
 def _first(reply: Mapping[Any, Any]) -> str:
     for value in reply.values():
         return value.decode() if isinstance(value, bytes) else str(value)
     return ""
-
-
-def _stored(
-    topic: str, group: str, entry_id: str, fields: Mapping[bytes, bytes]
-) -> StoredDeadLetter:
-    message, meta = entry_message(fields)
-    raw_notes = meta.get("_dl_notes", "{}")
-    try:
-        notes = json.loads(raw_notes)
-    except ValueError:
-        notes = {}
-    attempt = meta.get("_dl_attempt", "1")
-    return StoredDeadLetter(
-        id=f"{entry_id}@{topic}@{group}",
-        message_id=meta.get("_dl_origin", entry_id),
-        group=group,
-        topic=topic,
-        message=message,
-        attempt=int(attempt) if attempt.isdigit() else 1,
-        notes=notes if isinstance(notes, dict) else {},
-    )
