@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.redis_server import RedisServer
 
@@ -23,3 +25,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def redis_admin(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A plain redis-py client of the session's server, to look at keys and change ACLs."""
+    client: Any = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()

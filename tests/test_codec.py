@@ -374,17 +374,21 @@ MALFORMED_HEADERS: dict[str, dict[str, object]] = {
 }
 
 
-@pytest.mark.parametrize("changes", MALFORMED_HEADERS.values(), ids=MALFORMED_HEADERS.keys())
-def test_bad_envelope_headers_are_malformed(changes: dict[str, object]) -> None:
-    """A missing or invalid envelope header raises MalformedMessageError (malformed)."""
+def changed_message(changes: Mapping[str, object]) -> Message:
+    """A valid message with some headers replaced (or removed, where None)."""
     headers: dict[str, object] = dict(valid_headers())
     for key, value in changes.items():
         if value is None:
             headers.pop(key, None)
         else:
             headers[key] = value
+    return Message(VALID_BODY, cast(Mapping[str, str], headers))
 
-    error = decode_error(make_codec(), Message(VALID_BODY, cast(Mapping[str, str], headers)))
+
+@pytest.mark.parametrize("changes", MALFORMED_HEADERS.values(), ids=MALFORMED_HEADERS.keys())
+def test_bad_envelope_headers_are_malformed(changes: dict[str, object]) -> None:
+    """A missing or invalid envelope header raises MalformedMessageError (malformed)."""
+    error = decode_error(make_codec(), changed_message(changes))
 
     assert isinstance(error, MalformedMessageError)
     assert error.reason == "malformed"
@@ -408,13 +412,7 @@ FIRST_WRONG_HEADER: dict[str, tuple[dict[str, object], str]] = {
 def test_the_error_names_the_first_wrong_header(changes: dict[str, object], named: str) -> None:
     """Headers are checked in a fixed order (id, correlation_id, causation_id, name,
     version, time, headers) and the error names the first wrong one."""
-    headers: dict[str, object] = dict(valid_headers())
-    for key, value in changes.items():
-        if value is None:
-            headers.pop(key, None)
-        else:
-            headers[key] = value
-    message = Message(VALID_BODY, cast(Mapping[str, str], headers))
+    message = changed_message(changes)
 
     if not named:
         event, _ = make_codec().decode(message)

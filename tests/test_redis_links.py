@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from eventbus import EventBus, PublishOutcomeUnknownError, PublishTimeoutError
@@ -27,23 +25,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
-    """A redis-py client of the private server."""
-    redis_client: Any = aioredis.Redis.from_url(redis_server.url)
-    yield redis_client
-    await redis_client.aclose()
-
-
 def closed_by_server(conn: Any) -> bool:
     """Whether the event loop has seen Redis close this connection (redis-py internals)."""
     reader = conn._reader
     return reader is None or reader.at_eof() or reader.exception() is not None
 
 
-async def test_round_trip_reads_every_reply_in_order_errors_included(client: Any) -> None:
+async def test_round_trip_reads_every_reply_in_order_errors_included(redis_admin: Any) -> None:
     """An error reply in the middle is returned in its place; the later replies still come."""
-    links = Links(client)
+    links = Links(redis_admin)
     conn = links.take()
     key = f"links:{secrets.token_hex(4)}".encode()
     await ensure_connected(conn)
@@ -68,14 +58,14 @@ async def test_round_trip_reads_every_reply_in_order_errors_included(client: Any
 
 
 async def test_ensure_connected_reopens_a_connection_redis_closed_while_idle(
-    client: Any,
+    redis_admin: Any,
 ) -> None:
     """CLIENT KILL of an idle connection: the next command goes on a new connection."""
-    links = Links(client)
+    links = Links(redis_admin)
     conn = links.take()
     await ensure_connected(conn)
     (first_id,) = await round_trip(conn, resp_command([b"CLIENT", b"ID"]), 1)
-    assert await client.client_kill_filter(_id=first_id) == 1
+    assert await redis_admin.client_kill_filter(_id=first_id) == 1
     await wait_for(lambda: closed_by_server(conn), 5, "the loop to see the close")
     await ensure_connected(conn)
     (second_id,) = await round_trip(conn, resp_command([b"CLIENT", b"ID"]), 1)
@@ -83,9 +73,9 @@ async def test_ensure_connected_reopens_a_connection_redis_closed_while_idle(
     await links.aclose()
 
 
-async def test_closing_goes_on_when_one_connection_fails_to_close(client: Any) -> None:
+async def test_closing_goes_on_when_one_connection_fails_to_close(redis_admin: Any) -> None:
     """A connection whose disconnect raises does not keep the others open."""
-    links = Links(client)
+    links = Links(redis_admin)
     first, second = links.take(), links.take()
     await ensure_connected(first)
     await ensure_connected(second)
@@ -103,7 +93,7 @@ async def test_closing_goes_on_when_one_connection_fails_to_close(client: Any) -
 
 
 async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unknown(
-    redis_server: RedisServer, client: Any
+    redis_server: RedisServer, redis_admin: Any
 ) -> None:
     """CLIENT KILL of every idle connection: the next publish reconnects and stores the
     event; nothing was sent on the dead connection, so the outcome is known."""
@@ -113,15 +103,15 @@ async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unkno
         await bus.publish(OrderCreated(order_id="o-1"))
         links: Links = bus._conn.links  # type: ignore[union-attr]
         (spare,) = links._spare
-        killed = await client.client_kill_filter(_type="normal", skipme=True)
+        killed = await redis_admin.client_kill_filter(_type="normal", skipme=True)
         assert killed >= 1
         await wait_for(lambda: closed_by_server(spare), 5, "the loop to see the close")
         await bus.publish(OrderCreated(order_id="o-2"))
-    assert await client.xlen(f"{prefix}:{{OrderCreated}}") == 2
+    assert await redis_admin.xlen(f"{prefix}:{{OrderCreated}}") == 2
 
 
 async def test_timed_out_publishes_do_not_pile_up_connections(
-    redis_server: RedisServer, client: Any
+    redis_server: RedisServer, redis_admin: Any
 ) -> None:
     """Publishes that time out while Redis is paused (sending, or logging in on a new
     connection) each give their connection back: no connection is made per timeout."""
@@ -129,7 +119,7 @@ async def test_timed_out_publishes_do_not_pile_up_connections(
     async with EventBus(transport=transport) as bus:
         await bus.publish(OrderCreated(order_id="o-0"))
         links: Links = bus._conn.links  # type: ignore[union-attr]
-        await client.client_pause(500)  # every command waits half a second
+        await redis_admin.client_pause(500)  # every command waits half a second
         for i in range(5):
             with pytest.raises((PublishTimeoutError, PublishOutcomeUnknownError)):
                 await bus.publish(OrderCreated(order_id=f"o-{i}"), timeout=0.02)

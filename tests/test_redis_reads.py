@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
 from eventbus import EventBus, RetryPolicy
@@ -24,14 +22,6 @@ pytestmark = pytest.mark.anyio
 def anyio_backend() -> str:
     """redis-py's client runs on asyncio only."""
     return "asyncio"
-
-
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[Any]:
-    """A redis-py client of the private server, for looking and for ACL changes."""
-    client: Any = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def prefix() -> str:
@@ -62,7 +52,9 @@ async def test_resp3_connections_publish_retry_and_dead_letter(
     assert [(d.reason, d.attempts) for d in dead] == [("retries-exhausted", 2)]
 
 
-async def test_maxlen_caps_the_stream_approximately(redis_server: RedisServer, admin: Any) -> None:
+async def test_maxlen_caps_the_stream_approximately(
+    redis_server: RedisServer, redis_admin: Any
+) -> None:
     """``maxlen=100``: 1,000 events leave about 100 entries (Redis trims whole nodes)."""
     keys = prefix()
     async with EventBus(transport=RedisTransport(redis_server.url, prefix=keys, maxlen=100)) as bus:
@@ -70,17 +62,17 @@ async def test_maxlen_caps_the_stream_approximately(redis_server: RedisServer, a
             await bus.publish_many(
                 [OrderCreated(order_id=str(i)) for i in range(start, start + 100)]
             )
-    length = await admin.xlen(f"{keys}:{{OrderCreated}}")
+    length = await redis_admin.xlen(f"{keys}:{{OrderCreated}}")
     assert 100 <= length < 1000
 
 
 async def test_refused_acks_are_kept_and_sent_once_allowed(
-    redis_server: RedisServer, admin: Any, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, redis_admin: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """XACK refused (an ACL without it): the acks wait, the events are not handled again,
     and they are acknowledged once Redis accepts XACK."""
     user, keys = f"noack-{secrets.token_hex(3)}", prefix()
-    await admin.execute_command(
+    await redis_admin.execute_command(
         "ACL", "SETUSER", user, "on", "nopass", "~*", "&*", "+@all", "-xack"
     )
     url = redis_server.url.replace("redis://", f"redis://{user}:x@")
@@ -107,20 +99,20 @@ async def test_refused_acks_are_kept_and_sent_once_allowed(
                 10,
                 "an XACK to be refused",
             )
-            assert (await admin.xpending(stream, "mail"))["pending"] == 3
-            await admin.execute_command("ACL", "SETUSER", user, "+xack")
+            assert (await redis_admin.xpending(stream, "mail"))["pending"] == 3
+            await redis_admin.execute_command("ACL", "SETUSER", user, "+xack")
 
             async def nothing_pending() -> bool:
-                return bool((await admin.xpending(stream, "mail"))["pending"] == 0)
+                return bool((await redis_admin.xpending(stream, "mail"))["pending"] == 0)
 
             await wait_for(nothing_pending, 10, "the kept acks to be sent")
     finally:
-        await admin.execute_command("ACL", "DELUSER", user)
+        await redis_admin.execute_command("ACL", "DELUSER", user)
     assert handled == ["o-0", "o-1", "o-2"]
 
 
 async def test_closing_while_a_read_waits_sends_the_acks_and_leaves_no_consumer(
-    redis_server: RedisServer, admin: Any
+    redis_server: RedisServer, redis_admin: Any
 ) -> None:
     """Close right after handling (its acks queued, a read blocked for 5 s): nothing stays
     pending and the consumer leaves its group."""
@@ -137,5 +129,5 @@ async def test_closing_while_a_read_waits_sends_the_acks_and_leaves_no_consumer(
             await bus.publish(OrderPaid(order_id=f"o-{i}"))
         await wait_for(lambda: len(handled) == 5, 10, "the events to be handled")
     stream = f"{keys}:{{OrderPaid}}"
-    assert (await admin.xpending(stream, "mail"))["pending"] == 0
-    assert await admin.xinfo_consumers(stream, "mail") == []
+    assert (await redis_admin.xpending(stream, "mail"))["pending"] == 0
+    assert await redis_admin.xinfo_consumers(stream, "mail") == []
