@@ -1,10 +1,11 @@
-"""The Redis consumer's reads: RESP3, stream caps, refused acks, closing while blocked."""
+"""The Redis consumer: RESP3, stream caps, refused acks, closing while blocked, leases."""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
 
+import anyio
 import pytest
 from redis.exceptions import NoPermissionError
 
@@ -131,3 +132,35 @@ async def test_closing_while_a_read_waits_sends_the_acks_and_leaves_no_consumer(
     stream = f"{keys}:{{OrderPaid}}"
     assert (await redis_admin.xpending(stream, "mail"))["pending"] == 0
     assert await redis_admin.xinfo_consumers(stream, "mail") == []
+
+
+async def test_a_long_handler_keeps_its_entry_past_the_claim_timeout(
+    redis_server: RedisServer,
+) -> None:
+    """A handler that runs four claim timeouts keeps its lease: another worker of the
+    group, polling all the while, never takes the entry over."""
+    keys, calls, release = prefix(), [], anyio.Event()
+
+    def worker(name: str) -> EventBus:
+        transport = RedisTransport(
+            redis_server.url, prefix=keys, claim_timeout=0.6, block=0.1, consumer_name=name
+        )
+        bus = EventBus(transport=transport)
+
+        @bus.subscribe(group="ship")
+        async def ship(event: OrderPaid) -> None:
+            calls.append((name, event.order_id))
+            await release.wait()
+
+        return bus
+
+    first, second = worker("first"), worker("second")
+    async with first:
+        await first.publish(OrderPaid(order_id="long"))
+        await wait_for(lambda: len(calls) == 1, 10, "the handler to start")
+        async with second:
+            await anyio.sleep(4 * 0.6)  # time passing is the point: nothing may happen
+            assert calls == [("first", "long")]
+            release.set()
+            await drain(first, timeout=10)
+    assert calls == [("first", "long")]
