@@ -16,7 +16,16 @@ from eventbus.transports._redis_commands import (
     resp_command,
 )
 from eventbus.transports._redis_entries import entry_message, read_entries
-from eventbus.transports._redis_scripts import Keys
+from eventbus.transports._redis_scripts import (
+    DEAD_LETTER,
+    DL_ATTEMPT,
+    DL_NOTES,
+    DL_ORIGIN,
+    META_ATTEMPT,
+    META_ORIGIN,
+    REPLAY,
+    Keys,
+)
 
 binary = st.binary(max_size=40)
 text = st.text(max_size=20)
@@ -58,6 +67,7 @@ def test_xadd_matches_redis_py(
 
 @given(block=st.integers(1, 10**6), count=st.integers(1, 1000))
 def test_xreadgroup_matches_redis_py(block: int, count: int) -> None:
+    """XREADGROUP with the redeliver stream first, for any wait and count."""
     keys = Keys.of("pre", "OrderCreated", "email")
     command = XreadgroupCommand(keys, "email", "worker-1", count)
     expected = packed_by_redis_py(
@@ -68,6 +78,7 @@ def test_xreadgroup_matches_redis_py(block: int, count: int) -> None:
 
 
 def test_acks_of_both_streams_and_the_xdel_of_redelivered_ones() -> None:
+    """One XACK per stream; redelivered entries are deleted too (they were copies)."""
     keys = Keys.of("pre", "OrderCreated", "email")
     batch = {keys.stream: ["1-1", "1-2"], keys.redeliver: ["2-1"]}
     assert ack_commands("email", batch, keys.redeliver) == [
@@ -96,3 +107,11 @@ def test_entry_message_from_a_flat_list_or_a_mapping() -> None:
         assert message.body == b"{}"
         assert dict(message.headers) == {"id": "e-1", "x\ufffd": "\ufffd"}
         assert meta == {"_dl_attempt": "2"}
+
+
+def test_the_scripts_write_the_field_names_python_reads() -> None:
+    """The Lua writes the transport's field names as literals: they must agree."""
+    for name in (DL_ATTEMPT, DL_NOTES, DL_ORIGIN):
+        assert f"'{name}'" in DEAD_LETTER
+    for name in (DL_ORIGIN, META_ATTEMPT, META_ORIGIN):
+        assert f"'{name}'" in REPLAY

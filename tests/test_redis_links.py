@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
-from eventbus import EventBus, PublishOutcomeUnknownError, PublishTimeoutError
+from eventbus import (
+    EventBus,
+    PublishOutcomeUnknownError,
+    PublishTimeoutError,
+    TransportClosedError,
+)
 from eventbus.transports._redis_commands import resp_command
 from eventbus.transports._redis_links import Links, ensure_connected, round_trip
 from eventbus.transports.redis import RedisTransport
@@ -49,7 +54,7 @@ async def test_round_trip_reads_every_reply_in_order_errors_included(redis_admin
     assert isinstance(replies[1], ResponseError)
     assert "WRONGTYPE" in str(replies[1])
     assert replies[2] == 2
-    links.give_back(conn)
+    await links.give_back(conn)
     assert links.take() is conn  # reused, not made again
     assert links.count == 1
     await links.aclose()
@@ -86,10 +91,20 @@ async def test_closing_goes_on_when_one_connection_fails_to_close(redis_admin: A
     first.disconnect = broken
     await links.aclose()
     assert not second.is_connected
-    links.give_back(second)  # after close: not kept
-    assert links.count == 0
     del first.disconnect  # the real one again, to close it for good
     await first.disconnect()
+
+
+async def test_after_close_no_connection_is_made_or_kept(redis_admin: Any) -> None:
+    """take() refuses once closed; a connection given back then is closed, not kept."""
+    links = Links(redis_admin)
+    late = links.take()
+    await links.aclose()
+    await ensure_connected(late)  # a caller that was still connecting
+    await links.give_back(late)
+    assert not late.is_connected
+    with pytest.raises(TransportClosedError):
+        links.take()
 
 
 async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unknown(
@@ -113,15 +128,20 @@ async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unkno
 async def test_timed_out_publishes_do_not_pile_up_connections(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """Publishes that time out while Redis is paused (sending, or logging in on a new
-    connection) each give their connection back: no connection is made per timeout."""
-    transport = RedisTransport(redis_server.url, prefix=f"t{secrets.token_hex(4)}")
+    """Publishes that time out while Redis is paused, while sending or while logging in
+    on a new connection (SELECT of database 1 waits too), each give their connection
+    back: no connection is made per timeout."""
+    transport = RedisTransport(f"{redis_server.url}/1", prefix=f"t{secrets.token_hex(4)}")
+    errors: list[type[Exception]] = []
     async with EventBus(transport=transport) as bus:
         await bus.publish(OrderCreated(order_id="o-0"))
         links: Links = bus._conn.links  # type: ignore[union-attr]
         await redis_admin.client_pause(500)  # every command waits half a second
         for i in range(5):
-            with pytest.raises((PublishTimeoutError, PublishOutcomeUnknownError)):
+            with pytest.raises((PublishTimeoutError, PublishOutcomeUnknownError)) as caught:
                 await bus.publish(OrderCreated(order_id=f"o-{i}"), timeout=0.02)
+            errors.append(caught.type)
         await bus.publish(OrderCreated(order_id="o-6"))  # waits the pause out
         assert links.count == 1
+    assert PublishOutcomeUnknownError in errors  # the first: sent, no reply
+    assert PublishTimeoutError in errors  # the next ones: stuck logging in

@@ -11,6 +11,7 @@ from redis.exceptions import NoPermissionError
 
 from eventbus import EventBus, RetryPolicy
 from eventbus.testing import drain
+from eventbus.transports import Message
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated, OrderPaid
 from tests.redis_server import RedisServer
@@ -67,11 +68,12 @@ async def test_maxlen_caps_the_stream_approximately(
     assert 100 <= length < 1000
 
 
-async def test_refused_acks_are_kept_and_sent_once_allowed(
+async def test_refused_acks_are_kept_and_reading_waits_until_they_are_taken(
     redis_server: RedisServer, redis_admin: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """XACK refused (an ACL without it): the acks wait, the events are not handled again,
-    and they are acknowledged once Redis accepts XACK."""
+    """XACK refused (an ACL without it): the acks are kept, the worker reads nothing more
+    meanwhile (its memory stays bounded), nothing is handled twice, and everything is
+    acknowledged once Redis accepts XACK."""
     user, keys = f"noack-{secrets.token_hex(3)}", prefix()
     await redis_admin.execute_command(
         "ACL", "SETUSER", user, "on", "nopass", "~*", "&*", "+@all", "-xack"
@@ -84,32 +86,34 @@ async def test_refused_acks_are_kept_and_sent_once_allowed(
     async def send(event: OrderPaid) -> None:
         handled.append(event.order_id)
 
-    stream = f"{keys}:{{OrderPaid}}"
+    def refusals() -> int:
+        return sum(1 for r in caplog.records if r.exc_info and r.exc_info[0] is NoPermissionError)
+
+    async def pending() -> int:
+        return int((await redis_admin.xpending(f"{keys}:{{OrderPaid}}", "mail"))["pending"])
+
     try:
-        async with (
-            worker,
-            EventBus(transport=RedisTransport(redis_server.url, prefix=keys)) as producer,
-        ):
-            for i in range(3):
+        async with EventBus(transport=RedisTransport(redis_server.url, prefix=keys)) as producer:
+            for i in range(3):  # before the worker's group exists: its first read takes all
                 await producer.publish(OrderPaid(order_id=f"o-{i}"))
-            await wait_for(lambda: len(handled) == 3, 10, "the three events to be handled")
-            await wait_for(
-                lambda: any(
-                    r.exc_info and r.exc_info[0] is NoPermissionError for r in caplog.records
-                ),
-                10,
-                "an XACK to be refused",
-            )
-            assert (await redis_admin.xpending(stream, "mail"))["pending"] == 3
-            await redis_admin.execute_command("ACL", "SETUSER", user, "+xack")
+            async with worker:
+                await wait_for(lambda: len(handled) == 3, 10, "the three events to be handled")
+                await wait_for(lambda: refusals() >= 1, 10, "an XACK to be refused")
+                await producer.publish(OrderPaid(order_id="o-3"))
+                seen = refusals()
+                await wait_for(lambda: refusals() > seen, 10, "the worker to try again")
+                assert handled == ["o-0", "o-1", "o-2"]  # o-3 waits in Redis, unread
+                assert await pending() == 3
+                await redis_admin.execute_command("ACL", "SETUSER", user, "+xack")
+                await wait_for(lambda: len(handled) == 4, 10, "o-3 to be read and handled")
 
-            async def nothing_pending() -> bool:
-                return bool((await redis_admin.xpending(stream, "mail"))["pending"] == 0)
+                async def nothing_pending() -> bool:
+                    return await pending() == 0
 
-            await wait_for(nothing_pending, 10, "the kept acks to be sent")
+                await wait_for(nothing_pending, 10, "the kept acks to be sent")
     finally:
         await redis_admin.execute_command("ACL", "DELUSER", user)
-    assert handled == ["o-0", "o-1", "o-2"]
+    assert handled == ["o-0", "o-1", "o-2", "o-3"]
 
 
 async def test_closing_while_a_read_waits_sends_the_acks_and_leaves_no_consumer(
@@ -164,3 +168,28 @@ async def test_a_long_handler_keeps_its_entry_past_the_claim_timeout(
             release.set()
             await drain(first, timeout=10)
     assert calls == [("first", "long")]
+
+
+async def test_a_subscription_closed_while_its_acks_travel_sends_them_again(
+    redis_server: RedisServer, redis_admin: Any
+) -> None:
+    """Close while the read that carries the last acks waits on a paused Redis (writes
+    paused: the XACK waits too): the close sends them again, nothing stays pending."""
+    keys = prefix()
+    conn = await RedisTransport(redis_server.url, prefix=keys, block=5).connect()
+    try:
+        sub = await conn.subscribe("OrderPaid", "mail")
+        for i in range(3):
+            await conn.publish("OrderPaid", Message(b"{}", {"id": f"e-{i}"}))
+        for _ in range(3):
+            delivery = await sub.receive()
+            assert delivery is not None
+            await sub.ack(delivery)
+        await redis_admin.client_pause(1000, all=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sub.receive)  # sends the three acks with its read
+            await wait_for(lambda: bool(sub._acks_sending), 5, "the acks to be sent")
+            await sub.aclose()
+    finally:
+        await conn.aclose()
+    assert (await redis_admin.xpending(f"{keys}:{{OrderPaid}}", "mail"))["pending"] == 0

@@ -162,7 +162,7 @@ class RedisConnection:
         give_up = anyio.current_time() + self.settings.publish_retry_for
         packed = b"".join(commands)
         while True:
-            conn = self.links.take()
+            conn = self.links.take()  # raises once the connection is closed
             try:
                 try:
                     await ensure_connected(conn)
@@ -172,7 +172,8 @@ class RedisConnection:
                     replies = await self._send_on(conn, packed, len(commands), sent)
                     break
             finally:
-                self.links.give_back(conn)
+                with anyio.CancelScope(shield=True):
+                    await self.links.give_back(conn)
             failures += 1
             if anyio.current_time() >= give_up:
                 raise TransportError("cannot reach Redis to publish") from failure
@@ -359,13 +360,22 @@ class RedisConnection:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
-            for sub in self._subs:
-                await sub.aclose()
-            self._subs.clear()
             try:
-                await self.links.aclose()
+                for sub in self._subs:
+                    await _closed_quietly(sub)
             finally:
-                await self.client.aclose()
+                self._subs.clear()
+                try:
+                    await self.links.aclose()
+                finally:
+                    await self.client.aclose()
+
+
+async def _closed_quietly(sub: RedisSubscription) -> None:
+    try:
+        await sub.aclose()
+    except Exception:  # one subscription's failure must not keep the others open
+        logger.exception("closing the Redis subscription of %s failed", sub.group)
 
 
 def _first(reply: Mapping[Any, Any]) -> str:

@@ -8,12 +8,9 @@ from typing import Any
 
 from ._protocol import StoredDeadLetter
 from ._redis_entries import entry_message
-from ._redis_scripts import Keys
+from ._redis_scripts import DL_ATTEMPT, DL_NOTES, DL_ORIGIN, Keys
 
 __all__ = ["DeadLetterStore"]
-
-# Fields the dead-letter script adds to the copied entry (see _redis_scripts.DEAD_LETTER).
-_NOTES, _ATTEMPT, _ORIGIN = "_dl_notes", "_dl_attempt", "_dl_origin"
 
 Groups = Callable[[str | None], Awaitable[list[tuple[str, str]]]]
 
@@ -72,13 +69,13 @@ def _stored(
 ) -> StoredDeadLetter:
     message, meta = entry_message(fields)
     try:
-        notes = json.loads(meta.get(_NOTES, "{}"))
+        notes = json.loads(meta.get(DL_NOTES, "{}"))
     except ValueError:
         notes = {}
-    attempt = meta.get(_ATTEMPT, "1")
+    attempt = meta.get(DL_ATTEMPT, "1")
     return StoredDeadLetter(
         id=f"{entry_id}@{topic}@{group}",
-        message_id=meta.get(_ORIGIN, entry_id),
+        message_id=meta.get(DL_ORIGIN, entry_id),
         group=group,
         topic=topic,
         message=message,

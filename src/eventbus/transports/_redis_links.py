@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
+from eventbus._errors import TransportClosedError
+
 __all__ = ["Links", "ensure_connected", "round_trip"]
 
 logger = logging.getLogger("eventbus.redis")
@@ -24,8 +26,9 @@ class Links:
     """The connections one client made for callers that each own one while they use it.
 
     ``take`` reuses a spare connection or makes a new one, so there are as many as the
-    most callers at once (one per publish in flight, one per subscription); they are
-    closed by ``aclose``. Not shared between event loops.
+    most callers at once (one per publish in flight, one per subscription); ``aclose``
+    closes them, and a connection in use then fails its caller (a publish in flight
+    raises ``PublishOutcomeUnknownError``). Not shared between event loops.
     """
 
     def __init__(self, client: Any) -> None:
@@ -35,16 +38,24 @@ class Links:
         self._closed = False
 
     def take(self) -> Any:
-        """A spare connection, or a new one (it connects in ``ensure_connected``)."""
+        """A spare connection, or a new one (it connects in ``ensure_connected``).
+
+        Raises ``TransportClosedError`` after ``aclose``.
+        """
+        if self._closed:
+            raise TransportClosedError("the connection to Redis is closed")
         if self._spare:
             return self._spare.pop()
         conn = self._pool.make_connection()
         self._made.append(conn)
         return conn
 
-    def give_back(self, conn: Any) -> None:
-        """Return a connection whose replies were all read, or that is disconnected."""
-        if not self._closed:
+    async def give_back(self, conn: Any) -> None:
+        """Return a connection whose replies were all read, or that is disconnected;
+        after ``aclose`` it is closed instead."""
+        if self._closed:
+            await _disconnect(conn)
+        else:
             self._spare.append(conn)
 
     @property
@@ -57,10 +68,14 @@ class Links:
         self._closed = True
         made, self._made, self._spare = self._made, [], []
         for conn in made:
-            try:
-                await conn.disconnect(nowait=True)
-            except (RedisError, OSError) as exc:
-                logger.debug("closing a Redis connection failed: %s", type(exc).__name__)
+            await _disconnect(conn)
+
+
+async def _disconnect(conn: Any) -> None:
+    try:
+        await conn.disconnect(nowait=True)
+    except (RedisError, OSError) as exc:
+        logger.debug("closing a Redis connection failed: %s", type(exc).__name__)
 
 
 async def ensure_connected(conn: Any) -> None:

@@ -13,6 +13,9 @@ __all__ = [
     "ACK",
     "CLAIM_IDS",
     "DEAD_LETTER",
+    "DL_ATTEMPT",
+    "DL_NOTES",
+    "DL_ORIGIN",
     "IDLE",
     "META_ATTEMPT",
     "META_NOTES",
@@ -24,10 +27,14 @@ __all__ = [
     "Keys",
 ]
 
+# Field names the scripts below write as literals (tests/test_redis_commands.py checks).
 PAYLOAD = "payload"
-META_ATTEMPT = "_attempt"
+META_ATTEMPT = "_attempt"  # on a redeliver entry
 META_NOTES = "_notes"
 META_ORIGIN = "_origin"
+DL_ATTEMPT = "_dl_attempt"  # on a dead letter
+DL_NOTES = "_dl_notes"
+DL_ORIGIN = "_dl_origin"
 
 
 @dataclass(frozen=True, slots=True)

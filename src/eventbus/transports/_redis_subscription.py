@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisSubscription"]
 
 logger = logging.getLogger("eventbus.redis")
-_CLOSE_WAIT = 5.0  # seconds aclose waits for a cancelled read to let go
+_CLOSE_TIMEOUT = 10.0  # seconds aclose may take to send acks and hand entries back
 
 
 class RedisSubscription:
@@ -57,6 +57,8 @@ class RedisSubscription:
         self._fetch_scope: anyio.CancelScope | None = None
         self._own_pending_done = False
         self._acks: dict[str, list[str]] = {self._keys.stream: [], self._keys.redeliver: []}
+        self._acks_sending: dict[str, list[str]] = {}  # sent with the read now waiting
+        self._acks_refused = False
         self._promote_at = 0.0
         self._last_claim = float("-inf")
         self._next_due_ms = -1
@@ -83,8 +85,9 @@ class RedisSubscription:
             out[key].append(delivery.entry_id)
         for key, entry_id in self._suspects:
             out[key].append(entry_id)
-        for key, ids in self._acks.items():
-            out[key].extend(ids)
+        for acks in (self._acks, self._acks_sending):
+            for key, ids in acks.items():
+                out[key].extend(ids)
         return out
 
     # -- receiving -----------------------------------------------------------------
@@ -100,10 +103,12 @@ class RedisSubscription:
             async with self._fetching:
                 if self._buffer or self._closed or self._suspect_out is not None:
                     continue
-                with anyio.CancelScope() as scope:
-                    self._fetch_scope = scope
-                    await self._fetch_guarded()
-                self._fetch_scope = None
+                try:
+                    with anyio.CancelScope() as scope:
+                        self._fetch_scope = scope
+                        await self._fetch_guarded()
+                finally:
+                    self._fetch_scope = None
         return None
 
     async def _fetch_guarded(self) -> None:
@@ -132,6 +137,9 @@ class RedisSubscription:
         if now - self._last_claim >= settings.claim_timeout / 4:
             self._last_claim = now
             await self._claim_stale()
+        if self._acks_refused:  # raises while Redis still refuses them
+            await self.flush_acks()
+            self._acks_refused = False
         if self._suspects:
             await self.flush_acks()
             await self._take_suspect()
@@ -150,7 +158,7 @@ class RedisSubscription:
         if self._link is None:
             self._link = self._conn.links.take()
         await ensure_connected(self._link)  # fails before anything is sent
-        batch = self._take_acks()
+        batch = self._acks_sending = self._take_acks()
         commands = ack_commands(self._group, batch, self._keys.redeliver)
         commands.append(self._read_command.pack(self._block_ms(now)))
         try:
@@ -158,10 +166,13 @@ class RedisSubscription:
         except BaseException:
             self._put_back_acks(batch)  # still leased: sent again with the next read
             raise
+        finally:
+            self._acks_sending = {}
         *ack_replies, read_reply = replies
         refused = [reply for reply in ack_replies if isinstance(reply, ResponseError)]
-        if refused:
-            self._put_back_acks(batch)  # XACK and XDEL repeat harmlessly
+        if refused:  # kept, and no more reads until Redis takes them (XACK repeats harmlessly)
+            self._put_back_acks(batch)
+            self._acks_refused = True
         if isinstance(read_reply, ResponseError):
             raise read_reply
         for key, entry_id, fields in read_entries(read_reply):
@@ -377,16 +388,22 @@ class RedisSubscription:
         await self._settle(d, lambda: script(keys=[key, self._keys.dead], args=args))
 
     async def aclose(self) -> None:
-        """Stop reading; hand the entries this consumer still holds back to the group."""
+        """Stop reading; send the queued acks; hand the entries this consumer still holds
+        back to the group."""
         if self._closed:
             return
         self._closed = True
         if self._fetch_scope is not None:
             self._fetch_scope.cancel()
         self._suspect_done.set()
-        with anyio.move_on_after(_CLOSE_WAIT):
-            async with self._fetching:  # the cancelled read puts its acks back first
-                pass
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _CLOSE_TIMEOUT):
+            if self._link is not None:
+                await self._link.disconnect(nowait=True)  # the cancelled read's, if any
+            self._put_back_acks(self._acks_sending)  # maybe not applied: XACK repeats
+            self._acks_sending = {}
+            await self._hand_back()
+
+    async def _hand_back(self) -> None:
         try:
             await self.flush_acks()
         except (RedisError, OSError) as exc:
