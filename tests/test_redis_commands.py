@@ -1,4 +1,4 @@
-"""The hand-packed Redis commands match redis-py's packer; raw replies read back."""
+"""The hand-packed Redis commands match redis-py's packer; raw replies; the ack queue."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.exceptions import ResponseError
 
 from eventbus.transports import Message
+from eventbus.transports._redis_acks import AckQueue
 from eventbus.transports._redis_commands import (
     XaddCommand,
     XreadgroupCommand,
@@ -115,3 +117,23 @@ def test_the_scripts_write_the_field_names_python_reads() -> None:
         assert f"'{name}'" in DEAD_LETTER
     for name in (DL_ORIGIN, META_ATTEMPT, META_ORIGIN):
         assert f"'{name}'" in REPLAY
+
+
+def test_ack_queue_takes_puts_back_and_keeps_refused_batches() -> None:
+    """Taken batches leave the queue; put back, they go first again; refused, they stay."""
+    keys = Keys.of("pre", "OrderCreated", "email")
+    acks = AckQueue(keys, "email")
+    assert acks.take() == {}
+    acks.add(keys.stream, "1-1")
+    acks.add(keys.redeliver, "2-1")
+    batch = acks.sending = acks.take()
+    assert batch == {keys.stream: ["1-1"], keys.redeliver: ["2-1"]}
+    acks.add(keys.stream, "1-2")  # handled while the batch travels
+    assert acks.ids() == {keys.stream: ["1-2", "1-1"], keys.redeliver: ["2-1"]}
+    acks.sending = {}
+    assert acks.check(batch, [1, 1, 1]) is None
+    assert not acks.refused
+    error = acks.check(batch, [ResponseError("NOPERM no xack"), 1, 1])
+    assert isinstance(error, ResponseError)
+    assert acks.refused
+    assert acks.take() == {keys.stream: ["1-1", "1-2"], keys.redeliver: ["2-1"]}

@@ -188,7 +188,7 @@ async def test_a_subscription_closed_while_its_acks_travel_sends_them_again(
         await redis_admin.client_pause(1000, all=False)
         async with anyio.create_task_group() as tg:
             tg.start_soon(sub.receive)  # sends the three acks with its read
-            await wait_for(lambda: bool(sub._acks_sending), 5, "the acks to be sent")
+            await wait_for(lambda: bool(sub._acks.sending), 5, "the acks to be sent")
             await sub.aclose()
     finally:
         await conn.aclose()

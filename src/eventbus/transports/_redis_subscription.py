@@ -15,7 +15,8 @@ from redis.exceptions import RedisError, ResponseError
 from eventbus._errors import TransportClosedError
 
 from ._protocol import Delivery
-from ._redis_commands import XreadgroupCommand, ack_commands
+from ._redis_acks import AckQueue
+from ._redis_commands import XreadgroupCommand
 from ._redis_entries import Fields, RedisDelivery, entry_delivery, read_entries, text
 from ._redis_links import ensure_connected, round_trip
 from ._redis_scripts import Keys
@@ -56,9 +57,7 @@ class RedisSubscription:
         self._fetching = anyio.Lock(fast_acquire=True)  # no extra loop turn when free
         self._fetch_scope: anyio.CancelScope | None = None
         self._own_pending_done = False
-        self._acks: dict[str, list[str]] = {self._keys.stream: [], self._keys.redeliver: []}
-        self._acks_sending: dict[str, list[str]] = {}  # sent with the read now waiting
-        self._acks_refused = False
+        self._acks = AckQueue(self._keys, group)
         self._promote_at = 0.0
         self._last_claim = float("-inf")
         self._next_due_ms = -1
@@ -85,9 +84,8 @@ class RedisSubscription:
             out[key].append(delivery.entry_id)
         for key, entry_id in self._suspects:
             out[key].append(entry_id)
-        for acks in (self._acks, self._acks_sending):
-            for key, ids in acks.items():
-                out[key].extend(ids)
+        for key, ids in self._acks.ids().items():
+            out[key].extend(ids)
         return out
 
     # -- receiving -----------------------------------------------------------------
@@ -137,9 +135,8 @@ class RedisSubscription:
         if now - self._last_claim >= settings.claim_timeout / 4:
             self._last_claim = now
             await self._claim_stale()
-        if self._acks_refused:  # raises while Redis still refuses them
+        if self._acks.refused:  # no more reads while Redis refuses the acks: this raises
             await self.flush_acks()
-            self._acks_refused = False
         if self._suspects:
             await self.flush_acks()
             await self._take_suspect()
@@ -158,27 +155,25 @@ class RedisSubscription:
         if self._link is None:
             self._link = self._conn.links.take()
         await ensure_connected(self._link)  # fails before anything is sent
-        batch = self._acks_sending = self._take_acks()
-        commands = ack_commands(self._group, batch, self._keys.redeliver)
+        acks = self._acks
+        batch = acks.sending = acks.take()
+        commands = acks.commands(batch)
         commands.append(self._read_command.pack(self._block_ms(now)))
         try:
             replies = await round_trip(self._link, b"".join(commands), len(commands))
         except BaseException:
-            self._put_back_acks(batch)  # still leased: sent again with the next read
+            acks.put_back(batch)  # still leased: sent again with the next read
             raise
         finally:
-            self._acks_sending = {}
+            acks.sending = {}
         *ack_replies, read_reply = replies
-        refused = [reply for reply in ack_replies if isinstance(reply, ResponseError)]
-        if refused:  # kept, and no more reads until Redis takes them (XACK repeats harmlessly)
-            self._put_back_acks(batch)
-            self._acks_refused = True
+        refused = acks.check(batch, ack_replies)
         if isinstance(read_reply, ResponseError):
             raise read_reply
         for key, entry_id, fields in read_entries(read_reply):
             self._hold(self._delivery(key, entry_id, fields))
-        if refused:
-            raise refused[0]
+        if refused is not None:
+            raise refused
 
     def _block_ms(self, now: float) -> int:
         settings = self._conn.settings
@@ -187,35 +182,8 @@ class RedisSubscription:
         return max(1, int(block * 1000) + 1)
 
     async def flush_acks(self) -> None:
-        """Send the queued acks in one round trip (XACK, and XDEL for redelivered ones).
-
-        The queue is taken before the round trip, so that acks queued meanwhile wait for
-        the next flush; on a connection failure the taken ones go back (still leased).
-        Safe to call from several tasks at once.
-        """
-        batch = self._take_acks()
-        if not batch:
-            return
-        pipe = self._conn.client.pipeline(transaction=False)
-        for key, ids in batch.items():
-            pipe.xack(key, self._group, *ids)
-            if key == self._keys.redeliver:
-                pipe.xdel(key, *ids)
-        try:
-            await pipe.execute()
-        except BaseException:
-            self._put_back_acks(batch)
-            raise
-
-    def _take_acks(self) -> dict[str, list[str]]:
-        batch = {key: ids for key, ids in self._acks.items() if ids}
-        if batch:
-            self._acks = {self._keys.stream: [], self._keys.redeliver: []}
-        return batch
-
-    def _put_back_acks(self, batch: Mapping[str, list[str]]) -> None:
-        for key, ids in batch.items():
-            self._acks[key][:0] = ids
+        """Send the queued acks in one round trip (see ``AckQueue.flush``)."""
+        await self._acks.flush(self._conn.client)
 
     def _delivery(self, key: str, entry_id: str, fields: Fields) -> RedisDelivery:
         redeliver = key == self._keys.redeliver
@@ -361,7 +329,7 @@ class RedisSubscription:
         (or at ``wait_idle`` and close). A crash before that repeats at most ``prefetch``
         entries, which at-least-once allows."""
         d = self._own(delivery)
-        self._acks[d.slot[0]].append(d.entry_id)
+        self._acks.add(d.slot[0], d.entry_id)
         self._release(d)
 
     async def nack(self, delivery: Delivery, delay: float, notes: Mapping[str, str]) -> None:
@@ -399,8 +367,8 @@ class RedisSubscription:
         with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _CLOSE_TIMEOUT):
             if self._link is not None:
                 await self._link.disconnect(nowait=True)  # the cancelled read's, if any
-            self._put_back_acks(self._acks_sending)  # maybe not applied: XACK repeats
-            self._acks_sending = {}
+            self._acks.put_back(self._acks.sending)  # maybe not applied: XACK repeats
+            self._acks.sending = {}
             await self._hand_back()
 
     async def _hand_back(self) -> None:

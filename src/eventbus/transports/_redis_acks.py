@@ -1,0 +1,97 @@
+"""The acks of one Redis consumer: queued, sent in batches, kept until Redis takes them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ._redis_commands import ack_commands
+from ._redis_scripts import Keys
+
+__all__ = ["AckQueue"]
+
+Batch = dict[str, list[str]]
+"""Entry ids by stream key."""
+
+
+class AckQueue:
+    """Entry ids handled and waiting for their XACK (and XDEL, for redelivered copies).
+
+    A batch is *taken* before it travels and *put back* when it may not have arrived, so
+    acks queued meanwhile wait for the next batch and none is lost; XACK and XDEL repeat
+    harmlessly. Acks that Redis refused (an ACL, a read-only replica) are kept and mark
+    the queue ``refused`` until a flush gets through.
+    """
+
+    def __init__(self, keys: Keys, group: str) -> None:
+        self._keys = keys
+        self._group = group
+        self._queued: Batch = self._empty()
+        self.sending: Batch = {}
+        """The batch on its way with the read that waits now."""
+        self.refused = False
+
+    def _empty(self) -> Batch:
+        return {self._keys.stream: [], self._keys.redeliver: []}
+
+    def add(self, stream: str, entry_id: str) -> None:
+        """Queue the ack of an entry of ``stream`` (the stream or the redeliver stream)."""
+        self._queued[stream].append(entry_id)
+
+    def ids(self) -> Batch:
+        """Every id not yet acknowledged for sure: queued or on its way."""
+        out = self._empty()
+        for batch in (self._queued, self.sending):
+            for key, ids in batch.items():
+                out[key].extend(ids)
+        return out
+
+    def take(self) -> Batch:
+        """The queued acks, now leaving the queue ({} when there are none)."""
+        batch = {key: ids for key, ids in self._queued.items() if ids}
+        if batch:
+            self._queued = self._empty()
+        return batch
+
+    def put_back(self, batch: Mapping[str, list[str]]) -> None:
+        """Queue again a batch that may not have arrived."""
+        for key, ids in batch.items():
+            self._queued[key][:0] = ids
+
+    def commands(self, batch: Mapping[str, list[str]]) -> list[bytes]:
+        """The batch as packed commands, to send ahead of another."""
+        return ack_commands(self._group, batch, self._keys.redeliver)
+
+    def check(self, batch: Batch, replies: list[Any]) -> ResponseError | None:
+        """The first error among the replies to ``commands(batch)``; the batch is then
+        kept (put back) and the queue marked refused."""
+        refused = [reply for reply in replies if isinstance(reply, ResponseError)]
+        if not refused:
+            return None
+        self.put_back(batch)
+        self.refused = True
+        return refused[0]
+
+    async def flush(self, client: Any) -> None:
+        """Send the queued acks in one round trip of ``client``; raises when Redis
+        refuses them (they are kept) or cannot be reached (they are put back)."""
+        batch = self.take()
+        if not batch:
+            self.refused = False
+            return
+        pipe = client.pipeline(transaction=False)
+        for key, ids in batch.items():
+            pipe.xack(key, self._group, *ids)
+            if key == self._keys.redeliver:
+                pipe.xdel(key, *ids)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self.put_back(batch)
+            raise
+        error = self.check(batch, replies)
+        if error is not None:
+            raise error
+        self.refused = False
