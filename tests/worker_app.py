@@ -17,11 +17,16 @@ What the handler does depends on the order id: ``crash-*`` kills the process
 (``os._exit``) before the handler finishes, ``slow-*`` takes ``EVENTBUS_TEST_SLOW``
 seconds (default 2), ``hang-*`` never finishes (the subscriber timeout cuts it), anything
 else is handled at once.
+
+``lifespan`` is the same bus inside a context that writes ``opened`` and ``closed`` lines
+to the ledger, as an application would open and close its database pool.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 
@@ -76,3 +81,19 @@ def make_bus() -> EventBus:
         _ledger(f"done {order} {os.getpid()}")
 
     return bus
+
+
+@asynccontextmanager
+async def lifespan() -> AsyncIterator[EventBus]:
+    """``make_bus()`` with a resource around it (the ledger's ``opened``/``closed``)."""
+    _ledger(f"opened - {os.getpid()}")
+    try:
+        yield make_bus()
+    finally:
+        _ledger(f"closed - {os.getpid()}")
+
+
+@asynccontextmanager
+async def not_a_bus() -> AsyncIterator[str]:
+    """A context that yields something else: the worker refuses it."""
+    yield "bus"
