@@ -7,10 +7,10 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 from eventbus import EventBus
 from eventbus.testing import drain
@@ -41,10 +41,11 @@ def start_worker(
     return process
 
 
-def test_worker_handles_events_and_exits_cleanly_on_sigterm(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    """A worker process handles what a producer publishes and exits 0 on SIGTERM."""
+def serve_and_stop(
+    redis_server: RedisServer, tmp_path: Path, events: int, *extra: str, target: str
+) -> tuple[list[str], int | None, str]:
+    """Start a worker, publish ``events`` orders, drain, send SIGTERM; return the ledger's
+    lines, the exit code and stderr."""
     prefix = f"cli{secrets.token_hex(3)}"
     ledger = tmp_path / "ledger"
     env = {
@@ -52,11 +53,11 @@ def test_worker_handles_events_and_exits_cleanly_on_sigterm(
         "EVENTBUS_TEST_PREFIX": prefix,
         "EVENTBUS_TEST_LEDGER": str(ledger),
     }
-    worker = start_worker(env, "--name", "worker-a")
+    worker = start_worker(env, *extra, target=target)
 
     async def produce() -> None:
         async with EventBus(transport=RedisTransport(redis_server.url, prefix=prefix)) as bus:
-            for i in range(20):
+            for i in range(events):
                 await bus.publish(OrderCreated(order_id=f"o-{i}"))
             await drain(bus, timeout=20)
 
@@ -65,28 +66,20 @@ def test_worker_handles_events_and_exits_cleanly_on_sigterm(
     finally:
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=20)
-    done = sorted(
-        line.split()[1] for line in ledger.read_text().splitlines() if line.startswith("done")
+    return ledger.read_text().splitlines(), worker.returncode, stderr
+
+
+def test_worker_handles_events_and_exits_cleanly_on_sigterm(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A worker process handles what a producer publishes and exits 0 on SIGTERM."""
+    lines, code, stderr = serve_and_stop(
+        redis_server, tmp_path, 20, "--name", "worker-a", target="tests.worker_app:make_bus"
     )
+    done = sorted(line.split()[1] for line in lines if line.startswith("done"))
     assert done == sorted(f"o-{i}" for i in range(20))
-    assert worker.returncode == 0, stderr
+    assert code == 0, stderr
     assert "worker stopped" in stderr
-
-
-def test_worker_rejects_a_target_that_is_not_a_bus() -> None:
-    """A target that is not an EventBus gives a clear error and a non-zero exit."""
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "eventbus", "worker", "tests.events:OrderCreated"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "is not an EventBus" in result.stderr
-    assert time.monotonic() - started < 30
 
 
 def test_worker_opens_a_lifespan_around_the_bus_and_closes_it_last(
@@ -94,37 +87,29 @@ def test_worker_opens_a_lifespan_around_the_bus_and_closes_it_last(
 ) -> None:
     """A target yielding the bus from an async context manager: the context opens before
     the bus starts and closes after it stopped (after SIGTERM), exit code 0."""
-    prefix = f"cli{secrets.token_hex(3)}"
-    ledger = tmp_path / "ledger"
-    env = {
-        "EVENTBUS_TEST_REDIS_URL": redis_server.url,
-        "EVENTBUS_TEST_PREFIX": prefix,
-        "EVENTBUS_TEST_LEDGER": str(ledger),
-    }
-    worker = start_worker(env, target="tests.worker_app:lifespan")
-
-    async def produce() -> None:
-        async with EventBus(transport=RedisTransport(redis_server.url, prefix=prefix)) as bus:
-            for i in range(5):
-                await bus.publish(OrderCreated(order_id=f"o-{i}"))
-            await drain(bus, timeout=20)
-
-    try:
-        anyio.run(produce)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        _, stderr = worker.communicate(timeout=20)
-    kinds = [line.split()[0] for line in ledger.read_text().splitlines()]
+    lines, code, stderr = serve_and_stop(
+        redis_server, tmp_path, 5, target="tests.worker_app:lifespan"
+    )
+    kinds = [line.split()[0] for line in lines]
     assert kinds[0] == "opened"
     assert kinds[-1] == "closed"
     assert kinds.count("done") == 5
-    assert worker.returncode == 0, stderr
+    assert code == 0, stderr
 
 
-def test_worker_rejects_a_context_that_yields_no_bus() -> None:
-    """A lifespan that yields something else: a clear error and a non-zero exit."""
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("tests.events:OrderCreated", "is not an EventBus"),
+        ("tests.worker_app:not_a_bus", "the context yielded str, not a bus"),
+        ("tests.no_such_module:bus", "cannot import tests.no_such_module"),
+        ("tests.worker_app", "expected package.module:bus"),
+    ],
+)
+def test_worker_rejects_what_is_not_a_bus(target: str, message: str) -> None:
+    """A wrong target gives a clear error and a non-zero exit, without starting."""
     result = subprocess.run(
-        [sys.executable, "-m", "eventbus", "worker", "tests.worker_app:not_a_bus"],
+        [sys.executable, "-m", "eventbus", "worker", target],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -132,4 +117,4 @@ def test_worker_rejects_a_context_that_yields_no_bus() -> None:
         check=False,
     )
     assert result.returncode != 0
-    assert "yielded str, not a bus" in result.stderr
+    assert message in result.stderr
