@@ -172,8 +172,7 @@ class RedisConnection:
                     replies = await self._send_on(conn, packed, len(commands), sent)
                     break
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self.links.give_back(conn)
+                await self.links.give_back(conn)
             failures += 1
             if anyio.current_time() >= give_up:
                 raise TransportError("cannot reach Redis to publish") from failure

@@ -52,11 +52,12 @@ class Links:
 
     async def give_back(self, conn: Any) -> None:
         """Return a connection whose replies were all read, or that is disconnected;
-        after ``aclose`` it is closed instead."""
-        if self._closed:
+        after ``aclose`` it is closed instead (shielded: a caller may be cancelled)."""
+        if not self._closed:
+            self._spare.append(conn)  # no await: nothing to shield on the hot path
+            return
+        with anyio.CancelScope(shield=True):
             await _disconnect(conn)
-        else:
-            self._spare.append(conn)
 
     @property
     def count(self) -> int:
