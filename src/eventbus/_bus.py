@@ -1,30 +1,39 @@
-"""``EventBus``: compose subscribers, run them, drain, and manage dead letters."""
+"""``EventBus``: compose subscribers, publish, run the workers, drain, manage dead letters."""
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
-from ._consumer import Consumer
+from ._clock import Clock, MonotonicClock, sleeper
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec, Reference
 from ._deadletter import DeadLetter, from_stored
-from ._envelope import EventIdGenerator
-from ._errors import BusStateError
+from ._delivery import Delivering, logger, run_immediate
+from ._envelope import Envelope, EnvelopeFactory
+from ._errors import BusStateError, ConfigurationError, ImmediateHandlerError
 from ._event import Event
-from ._handling import logger
 from ._middleware import Middleware
+from ._observer import Observer, Observers, Outcome
 from ._options import check_seconds
-from ._publishing import Publishing
 from ._registry import Registry
 from ._retry import RetryPolicy
 from ._subscriber import Handler, Subscriber
-from .transports._protocol import Connection, Transport
+from ._workers import Workers
+from .transports._contract import (
+    BatchPublishing,
+    Connection,
+    DeadLetterStore,
+    IdleWaiting,
+    ReferencePublishing,
+    Serving,
+    Transport,
+)
 from .transports.memory import InMemoryTransport
 
 __all__ = ["EventBus"]
@@ -39,7 +48,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class EventBus(Publishing):
+class EventBus:
     """Publishes events and runs the subscribers of one application (one worker).
 
     ::
@@ -52,13 +61,20 @@ class EventBus(Publishing):
 
     - ``transport``: where events travel (default: a new ``InMemoryTransport()``).
     - ``middleware``: ``Middleware`` instances around every publish and handler call.
+    - ``observers``: ``Observer`` instances told of publishes and handler outcomes.
     - ``max_payload_bytes``: the largest encoded event (default 1 MiB), checked wherever
-      an event is turned into bytes.
+      an event is turned into bytes. Events that the in-memory transport passes by
+      reference never become bytes and are not checked (encoding each one would cost
+      about half of an in-memory delivery); ``InMemoryTransport(serialize=True)``
+      checks them as Redis does.
     - ``shutdown_grace``: seconds the bus may take to close (default 10). Leaving
       ``async with bus:`` stops taking new work and lets in-flight handlers finish; on a
       transport that keeps nothing across a restart (in memory) it first handles what is
       queued. What still runs at the deadline is cancelled, neither acked nor
       dead-lettered, and redelivered to the next worker of its group.
+    - ``clock``: where the bus waits (between the attempts of an immediate subscriber,
+      after a transport failure). Default: the transport's ``clock`` when it has one
+      (``InMemoryTransport(clock=VirtualClock())``), else real time.
 
     A bus is a worker of every group it has subscribers for: two buses on one transport
     share the events of a group. A bus without subscribers only publishes. A bus runs
@@ -71,24 +87,33 @@ class EventBus(Publishing):
         transport: Transport | None = None,
         *,
         middleware: Sequence[Middleware] = (),
+        observers: Iterable[Observer] = (),
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         shutdown_grace: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
         self._grace = check_seconds("EventBus", "shutdown_grace", shutdown_grace)
         self._transport: Transport = transport if transport is not None else InMemoryTransport()
         self._codec = Codec(max_payload_bytes=max_payload_bytes)
-        self._middleware: list[Middleware] = list(middleware)
-        self._stopping = False
+        self._middleware: tuple[Middleware, ...] = tuple(middleware)
+        self._clock = clock or _clock_of(self._transport)
+        self._sleep = sleeper(self._clock)
+        self._observers = Observers()
+        self._dead_errors = _DeadLetterErrors()
+        for observer in (self._dead_errors, *observers):
+            self._observers.add(observer)
         self._registry = Registry()
-        self._immediate: dict[type[Event], list[Subscriber]] = {}
-        self._wire: dict[type[Event], tuple[str, int]] = {}
-        self._next_id = EventIdGenerator().next_id  # type: ignore[method-assign]
+        self._immediate: dict[type[Event], list[Delivering]] = {}
+        self._envelopes = EnvelopeFactory()
         self._state = _State.NEW
+        self._stopping = False
         self._conn: Connection | None = None
+        self._publish_to: Callable[..., Any] | None = None
+        self._pack: Callable[[Event, Envelope], object] = Reference
+        self._batch: BatchPublishing | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._serve_scope: anyio.CancelScope | None = None
-        self._consumers: list[Consumer] = []
-        self._dead_errors: deque[BaseException] = deque(maxlen=100)
+        self._serve_scope = anyio.CancelScope()
+        self._workers = Workers(self._codec, self._sleep)
 
     @property
     def transport(self) -> Transport:
@@ -99,6 +124,16 @@ class EventBus(Publishing):
     def subscribers(self) -> list[Subscriber]:
         """The subscribers of this bus, in the order they were added."""
         return list(self._registry)
+
+    @property
+    def middleware(self) -> Sequence[Middleware]:
+        """The middleware, outermost first (read-only: give them to the constructor)."""
+        return self._middleware
+
+    @property
+    def stopping(self) -> bool:
+        """True once the bus has begun to stop: consumers take no new work."""
+        return self._stopping
 
     # -- composing -------------------------------------------------------------------
 
@@ -142,8 +177,20 @@ class EventBus(Publishing):
         self._immediate = {}
         for sub in candidate:
             if sub.mode == "immediate":
+                engine = self._engine(sub)
                 for event_type in sub.event_types:
-                    self._immediate.setdefault(event_type, []).append(sub)
+                    self._immediate.setdefault(event_type, []).append(engine)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of what happens from now on (see ``Observer``)."""
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop telling ``observer``; nothing happens when it was not added."""
+        self._observers.remove(observer)
+
+    def _engine(self, sub: Subscriber) -> Delivering:
+        return Delivering(sub, self._middleware, self.publish, self._observers, self._sleep)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -152,16 +199,22 @@ class EventBus(Publishing):
         ``TransportError`` when the transport cannot connect."""
         if self._state is not _State.NEW:
             raise BusStateError(f"a bus runs once; this one is {self._state.value}")
-        self._conn = await self._transport.connect()
+        conn = self._conn = await self._transport.connect()
+        if isinstance(conn, ReferencePublishing):
+            self._publish_to, self._pack = conn.publish_reference, Reference
+        else:
+            self._publish_to, self._pack = conn.publish, self._codec.encode
+            self._batch = conn if isinstance(conn, BatchPublishing) else None
         self._state = _State.RUNNING
         self._task_group = anyio.create_task_group()
-        self._serve_scope = anyio.CancelScope()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._serve_connection)
+        if isinstance(conn, Serving):
+            self._task_group.start_soon(self._serve, conn)
         try:
-            await self._start_consumers()
+            engines = [self._engine(s) for s in self._registry if s.mode == "background"]
+            await self._workers.start(conn, engines, self._task_group)
         except BaseException as exc:
-            await self._close(type(exc), exc, exc.__traceback__)
+            await self._close(exc)
             raise
         return self
 
@@ -172,30 +225,12 @@ class EventBus(Publishing):
         tb: TracebackType | None,
     ) -> bool | None:
         """Stop within ``shutdown_grace`` seconds (see the class docstring) and close."""
-        return await self._close(exc_type, exc, tb)
+        await self._close(exc)
+        return None
 
-    async def _start_consumers(self) -> None:
-        assert self._conn is not None
-        assert self._task_group is not None
-        for sub in self._registry:
-            if sub.mode != "background":
-                continue
-            limiters = _lane_limiters(sub)
-            for event_type in sub.event_types:
-                subscription = await self._conn.subscribe(event_type.event_name, sub.group)
-                limiter = limiters[event_type.event_urgent]
-                consumer = Consumer(self, sub, subscription, limiter, event_type)
-                consumer.start(self._task_group)
-                self._consumers.append(consumer)
-
-    async def _close(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
+    async def _close(self, exc: BaseException | None) -> None:
         if self._state is not _State.RUNNING:
-            return None
+            return
         self._state = _State.STOPPING
         assert self._task_group is not None
         assert self._conn is not None
@@ -207,7 +242,9 @@ class EventBus(Publishing):
         except BaseException as drain_error:  # cancelled while draining: stop at once
             failure = drain_error
         try:
-            self._stop_consumers(deadline)
+            self._stopping = True
+            self._workers.stop()
+            self._task_group.start_soon(self._cancel_after_grace, deadline)
             if failure is None and isinstance(exc, Exception | None):
                 await self._task_group.__aexit__(None, None, None)
             else:
@@ -220,14 +257,15 @@ class EventBus(Publishing):
                     await self._conn.aclose()
             finally:
                 self._state = _State.CLOSED
-                self._conn = None
+                self._conn = self._publish_to = self._batch = None
         if failure is not None:
             raise failure
-        return None
 
     def _should_drain(self, exc: BaseException | None) -> bool:
         """Finish queued work first when the transport keeps nothing across a restart."""
-        if not self._consumers or self._transport.features.survives_restart:
+        if not self._workers or self._transport.features.survives_restart:
+            return False
+        if not isinstance(self._conn, IdleWaiting):
             return False
         if isinstance(exc, Exception | None):
             return True
@@ -235,7 +273,7 @@ class EventBus(Publishing):
         return False
 
     async def _drain_before_stop(self, deadline: float) -> None:
-        assert self._conn is not None
+        assert isinstance(self._conn, IdleWaiting)
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
             await self._conn.wait_idle()
         if scope.cancelled_caught:
@@ -245,48 +283,127 @@ class EventBus(Publishing):
                 self._grace,
             )
 
-    def _stop_consumers(self, deadline: float) -> None:
-        assert self._task_group is not None
-        self._stopping = True
-        for consumer in self._consumers:
-            consumer.stop()
-        self._task_group.start_soon(
-            self._cancel_after_grace, self._task_group.cancel_scope, deadline
-        )
-
-    async def _serve_connection(self) -> None:
+    async def _serve(self, conn: Serving) -> None:
         """Run the connection's background work until the consumers have stopped."""
-        assert self._conn is not None
-        assert self._serve_scope is not None
         with self._serve_scope:
-            await self._conn.serve()
+            await conn.serve()
 
-    async def _cancel_after_grace(self, scope: anyio.CancelScope, deadline: float) -> None:
+    async def _cancel_after_grace(self, deadline: float) -> None:
         """Wait for the consumer loops to finish; cancel what still runs at the deadline."""
-        assert self._serve_scope is not None
-        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-            for consumer in self._consumers:
-                await consumer.wait_stopped()
-        if all(consumer.stopped for consumer in self._consumers):
+        assert self._task_group is not None
+        if await self._workers.wait_stopped(deadline):
             self._serve_scope.cancel()
+        else:
+            self._task_group.cancel_scope.cancel()
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Envelope:
+        """Publish ``event`` to every group subscribed to its type; return its envelope.
+
+        Returns once the transport accepted the event (and immediate subscribers ran).
+        Raises ``BusStateError`` outside ``async with bus:``, ``PublishError`` for
+        something that is not an event or bad headers or ids, ``PublishTimeoutError``
+        when the transport had no room within ``timeout`` seconds,
+        ``PayloadTooLargeError`` when the event encodes past the size limit,
+        ``PublishOutcomeUnknownError`` when the transport cannot tell whether it stored
+        the event, ``TransportError`` when the transport failed, and
+        ``ImmediateHandlerError`` when an immediate subscriber failed (the event was
+        published all the same). Safe to call from many tasks at once.
+        """
+        publish_to = self._publish_to
+        if publish_to is None:
+            raise self._not_running()
+        envelope = self._envelopes.make(event, headers, correlation_id, causation_id)
+        if self._middleware:
+            await self._publish_through(0, event, envelope, timeout, True)
+            return envelope
+        await publish_to(envelope.name, self._pack(event, envelope), timeout=timeout)
+        if self._observers.published:
+            self._observers.published_event(event, envelope)
+        immediate = self._immediate.get(type(event))
+        if immediate:
+            await run_immediate(immediate, event, envelope)
+        return envelope
+
+    async def publish_many(
+        self,
+        events: Iterable[Event],
+        *,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Envelope]:
+        """Publish several events at once, in order; return their envelopes.
+
+        The transport may send them in one round trip (Redis pipelines the writes); the
+        middleware still sees each event. Every event is checked (and encoded) before
+        any is sent. The same errors as ``publish()``; on a transport failure a first
+        part of the batch may have been stored (``PublishOutcomeUnknownError`` says the
+        outcome is unknown). Immediate subscribers run after the whole batch is written,
+        for every event; the first ``ImmediateHandlerError`` is raised after all of them.
+        """
+        self._open_connection()
+        make = self._envelopes.make
+        batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
+        if self._middleware:
+            for event, envelope in batch:
+                await self._publish_through(0, event, envelope, timeout, False)
+        else:
+            await self._send_batch([(env.name, self._pack(e, env)) for e, env in batch], timeout)
+            for event, envelope in batch:
+                self._observers.published_event(event, envelope)
+        first: ImmediateHandlerError | None = None
+        for event, envelope in batch:
+            immediate = self._immediate.get(type(event))
+            if immediate:
+                try:
+                    await run_immediate(immediate, event, envelope)
+                except ImmediateHandlerError as exc:
+                    first = first or exc
+        if first is not None:
+            raise first
+        return [envelope for _, envelope in batch]
+
+    async def _send_batch(self, items: list[tuple[str, Any]], timeout: float | None) -> None:
+        assert self._publish_to is not None
+        if self._batch is not None:
+            await self._batch.publish_many(items, timeout=timeout)
             return
-        logger.warning("handlers still running at the end of the shutdown grace were cancelled")
-        scope.cancel()
+        for topic, item in items:
+            await self._publish_to(topic, item, timeout=timeout)
 
-    @property
-    def stopping(self) -> bool:
-        """True once the bus has begun to stop: consumers take no new work."""
-        return self._stopping
+    async def _publish_through(
+        self,
+        index: int,
+        event: Event,
+        envelope: Envelope,
+        timeout: float | None,
+        with_immediate: bool,
+    ) -> None:
+        if index < len(self._middleware):
 
-    @property
-    def codec(self) -> Codec:
-        """The bus's codec (for its consumers)."""
-        return self._codec
+            async def call_next() -> None:
+                await self._publish_through(index + 1, event, envelope, timeout, with_immediate)
 
-    @property
-    def middleware(self) -> Sequence[Middleware]:
-        """The middleware, outermost first (read-only: give them to the constructor)."""
-        return self._middleware
+            await self._middleware[index].on_publish(event, envelope, call_next)
+            return
+        self._open_connection()
+        assert self._publish_to is not None
+        await self._publish_to(envelope.name, self._pack(event, envelope), timeout=timeout)
+        self._observers.published_event(event, envelope)
+        immediate = self._immediate.get(type(event))
+        if with_immediate and immediate:
+            await run_immediate(immediate, event, envelope)
 
     # -- waiting and dead letters -----------------------------------------------------
 
@@ -296,19 +413,22 @@ class EventBus(Publishing):
         Waits for every group of the transport, including groups of other buses that
         share it (a group whose worker has stopped keeps it waiting). Raises
         ``TimeoutError`` after ``timeout`` seconds, ``BusStateError`` outside
-        ``async with bus:``, ``TransportError`` when the transport fails.
+        ``async with bus:``, ``ConfigurationError`` when the transport cannot tell
+        (no ``IdleWaiting``), ``TransportError`` when the transport fails.
         """
-        conn = self._open_connection()
+        idle = self._open_connection()
+        if not isinstance(idle, IdleWaiting):
+            raise self._lacks("IdleWaiting", "drain()")
         with anyio.fail_after(timeout):
-            await conn.wait_idle()
+            await idle.wait_idle()
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
         """The dead letters of ``group`` (of every group when None), oldest first.
 
-        Raises ``BusStateError`` outside ``async with bus:``, ``TransportError`` when the
-        transport fails.
+        Raises ``BusStateError`` outside ``async with bus:``, ``ConfigurationError`` when
+        the transport keeps no dead letters to list, ``TransportError`` when it fails.
         """
-        stored = await self._open_connection().dead_letters(group)
+        stored = await self._store("dead_letters()").dead_letters(group)
         return [from_stored(s, self._codec) for s in stored]
 
     async def replay_dead_letters(
@@ -320,38 +440,59 @@ class EventBus(Publishing):
         many were replayed; they leave the dead letters. Letters are moved one by one:
         consumers may handle the first before the last is moved.
         """
-        return await self._open_connection().replay_dead_letters(group, ids)
+        store = self._store("replay_dead_letters()")
+        return await store.replay_dead_letters(group, ids)
 
     async def purge_dead_letters(
         self, group: str | None = None, ids: Sequence[str] | None = None
     ) -> int:
         """Delete dead letters (all of ``group`` when ``ids`` is None); return the count."""
-        return await self._open_connection().purge_dead_letters(group, ids)
+        store = self._store("purge_dead_letters()")
+        return await store.purge_dead_letters(group, ids)
 
-    def _record_dead_letter(self, error: BaseException) -> None:
-        """Keep the error of a dead letter (the last 100) for ``eventbus.testing.drain``.
-
-        The traceback is dropped (the dead letter keeps it as text), so that no frame,
-        and no payload in its locals, is held.
-        """
-        self._dead_errors.append(error.with_traceback(None))
-
-    def _take_dead_letter_errors(self) -> list[BaseException]:
-        """The errors that dead-lettered events since the last call, oldest first."""
-        errors = list(self._dead_errors)
-        self._dead_errors.clear()
-        return errors
+    def take_dead_letter_errors(self) -> list[BaseException]:
+        """The errors that sent events to the dead letters since the last call (the last
+        100 at most), oldest first. ``eventbus.testing.drain`` raises the first."""
+        return self._dead_errors.take()
 
     def _open_connection(self) -> Connection:
         if self._conn is None:
-            raise BusStateError(f"the bus is {self._state.value}; use it inside `async with bus:`")
+            raise self._not_running()
         return self._conn
 
+    def _not_running(self) -> BusStateError:
+        return BusStateError(f"the bus is {self._state.value}; use it inside `async with bus:`")
 
-def _lane_limiters(sub: Subscriber) -> dict[bool, anyio.CapacityLimiter | None]:
-    """One shared limiter per lane when a subscriber takes several types of that lane."""
-    limiters: dict[bool, anyio.CapacityLimiter | None] = {}
-    for urgent in (False, True):
-        count = sum(1 for t in sub.event_types if t.event_urgent is urgent)
-        limiters[urgent] = anyio.CapacityLimiter(sub.concurrency) if count > 1 else None
-    return limiters
+    def _store(self, doing: str) -> DeadLetterStore:
+        conn = self._open_connection()
+        if not isinstance(conn, DeadLetterStore):
+            raise self._lacks("DeadLetterStore", doing)
+        return conn
+
+    def _lacks(self, ability: str, doing: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"{doing} needs a transport that offers {ability}; "
+            f"{type(self._transport).__name__} does not"
+        )
+
+
+class _DeadLetterErrors(Observer):
+    """The errors of the last 100 dead letters, without their tracebacks (so that no
+    frame, and no payload in its locals, is held)."""
+
+    def __init__(self) -> None:
+        self._errors: deque[BaseException] = deque(maxlen=100)
+
+    def on_failure(self, outcome: Outcome) -> None:
+        if outcome.action == "dead-letter" and outcome.error is not None:
+            self._errors.append(outcome.error.with_traceback(None))
+
+    def take(self) -> list[BaseException]:
+        errors = list(self._errors)
+        self._errors.clear()
+        return errors
+
+
+def _clock_of(transport: Transport) -> Clock:
+    clock = getattr(transport, "clock", None)
+    return clock if isinstance(clock, Clock) else MonotonicClock()

@@ -1,13 +1,14 @@
-"""Clocks for retry delays: real monotonic time, or virtual time for tests."""
+"""Clocks for retry delays and every other wait of the bus: real time, or virtual time."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "MonotonicClock"]
+__all__ = ["Clock", "MonotonicClock", "sleeper"]
 
 
 @runtime_checkable
@@ -32,3 +33,12 @@ class MonotonicClock:
         """Wait on ``wake`` for at most ``deadline - now()`` seconds."""
         with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             await wake.wait()
+
+
+def sleeper(clock: Clock) -> Callable[[float], Awaitable[None]]:
+    """A ``sleep(seconds)`` that waits on ``clock`` (a virtual clock jumps instead)."""
+
+    async def sleep(seconds: float) -> None:
+        await clock.wait(anyio.Event(), clock.now() + max(0.0, seconds))
+
+    return sleep

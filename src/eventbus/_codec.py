@@ -4,6 +4,9 @@ The wire format (see ``docs/wire-format.md``): the body is the event's JSON; the
 are ``id``, ``name``, ``version``, ``time``, ``correlation_id``, optional
 ``causation_id`` and optional ``headers`` (a JSON object of strings). The delivery
 attempt is kept by the transport, not in the headers.
+
+On a transport that carries references (``ReferencePublishing``), an event travels as
+its ``Reference``: the event and its envelope, never turned into bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -24,12 +28,19 @@ from ._errors import (
     VersionMismatchError,
 )
 from ._event import Event
-from .transports._protocol import Message
+from .transports._contract import Message
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Codec", "EventMessage"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Codec", "Reference"]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 _MAX_FIELD = 200
+
+
+class Reference(NamedTuple):
+    """An event as a transport that carries references moves it: never as bytes."""
+
+    event: Event
+    envelope: Envelope
 
 
 class Codec:
@@ -64,13 +75,19 @@ class Codec:
         """The registered class for a wire name, or None."""
         return self._types.get(name)
 
+    def encode(self, event: Event, envelope: Envelope) -> Message:
+        """The event as a message; raises ``PayloadTooLargeError`` past the size limit."""
+        return Message(self.encode_body(event), self.encode_headers(envelope))
+
     def encode_body(self, event: Event) -> bytes:
         """The event's JSON; raises ``PayloadTooLargeError`` past the size limit."""
         body = event.__pydantic_serializer__.to_json(event, by_alias=True)
         if len(body) > self.max_payload_bytes:
             raise PayloadTooLargeError(
-                f"{event.event_name} encodes to {len(body)} bytes, "
-                f"more than the limit of {self.max_payload_bytes}"
+                f"{event.event_name} encodes to {len(body)} bytes, more than the limit of "
+                f"{self.max_payload_bytes} (max_payload_bytes). The limit holds wherever an "
+                "event becomes bytes; events passed by reference on the in-memory "
+                "transport never do (InMemoryTransport(serialize=True) checks them too)"
             )
         return body
 
@@ -96,10 +113,6 @@ class Codec:
         Raises ``UnknownEventError``, ``VersionMismatchError`` or
         ``MalformedMessageError``, never another exception.
         """
-        if isinstance(message, EventMessage) and self._types.get(message.envelope.name) is type(
-            message.event
-        ):
-            return message.event, message.envelope.with_attempt(attempt)
         envelope = self.decode_envelope(message.headers, attempt)
         event_type = self._types.get(envelope.name)
         if event_type is None:
@@ -123,6 +136,23 @@ class Codec:
                 f"the payload is not a valid {envelope.name}: {_summary(exc, event_type)}"
             ) from None
         return event, envelope
+
+    def decode_reference(self, reference: object, attempt: int = 1) -> tuple[Event, Envelope]:
+        """The event and envelope of a ``Reference``, as ``decode`` would give them.
+
+        An event whose class is not the one registered under its name (another bus of
+        the process registered another class) goes through bytes, as on the wire.
+        """
+        if not isinstance(reference, Reference):
+            raise MalformedMessageError("the reference is not an eventbus event")
+        event, envelope = reference
+        if self._types.get(envelope.name) is type(event):
+            return event, envelope.with_attempt(attempt)
+        try:
+            body = event.__pydantic_serializer__.to_json(event, by_alias=True)
+        except ValueError as exc:
+            raise MalformedMessageError(f"the event cannot be encoded: {exc}") from None
+        return self.decode(Message(body, self.encode_headers(envelope)), attempt)
 
     @staticmethod
     def decode_envelope(headers: Mapping[str, str], attempt: int = 1) -> Envelope:
@@ -178,33 +208,6 @@ def _checked_envelope(headers: Mapping[str, str], attempt: int) -> Envelope:
         _user_headers(headers.get("headers")),
         attempt,
     )
-
-
-class EventMessage(Message):
-    """A message that still holds its event; its bytes are made on first read."""
-
-    __slots__ = ("_cached_body", "_cached_headers", "codec", "envelope", "event")
-
-    def __init__(self, event: Event, envelope: Envelope, codec: Codec) -> None:
-        self.event = event
-        self.envelope = envelope
-        self.codec = codec
-        self._cached_body: bytes | None = None
-        self._cached_headers: Mapping[str, str] | None = None
-
-    @property
-    def body(self) -> bytes:
-        """The event's JSON, encoded on first read (raises ``PayloadTooLargeError``)."""
-        if self._cached_body is None:
-            self._cached_body = self.codec.encode_body(self.event)
-        return self._cached_body
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """The envelope as wire headers, made on first read."""
-        if self._cached_headers is None:
-            self._cached_headers = MappingProxyType(self.codec.encode_headers(self.envelope))
-        return self._cached_headers
 
 
 def _short_str(value: object) -> bool:

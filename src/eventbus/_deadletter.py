@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ._codec import Codec, EventMessage
+from ._codec import Codec
 from ._envelope import Envelope
 from ._errors import DecodeError, PayloadTooLargeError
 from ._event import Event
-from .transports._protocol import StoredDeadLetter
+from .transports._contract import FailureNotes, StoredDeadLetter
 
 __all__ = ["DeadLetter", "failure_notes", "from_stored"]
 
@@ -51,66 +51,64 @@ class DeadLetter:
 
 def failure_notes(
     error: BaseException, *, reason: str, handler: str | None, first_failed_at: str | None
-) -> dict[str, str]:
+) -> FailureNotes:
     """The notes the bus stores with a retry or a dead letter."""
     now = datetime.now(UTC).isoformat()
-    text = "".join(traceback.format_exception(error))[-_TRACEBACK_LIMIT:]
-    return {
-        "reason": reason,
-        "handler": handler or "",
-        "error_type": f"{type(error).__module__}.{type(error).__qualname__}",
-        "error_message": str(error)[:2000],
-        "traceback": text,
-        "first_failed_at": first_failed_at or now,
-        "last_failed_at": now,
-    }
+    return FailureNotes(
+        reason=reason,
+        error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+        error_message=str(error)[:2000],
+        handler=handler or "",
+        traceback="".join(traceback.format_exception(error))[-_TRACEBACK_LIMIT:],
+        first_failed_at=first_failed_at or now,
+        last_failed_at=now,
+    )
 
 
 def from_stored(stored: StoredDeadLetter, codec: Codec) -> DeadLetter:
     """Build the public record, decoding the event when this codec can."""
-    notes = stored.notes
-    message = stored.message
+    notes, message = stored.notes, stored.message
     envelope: Envelope | None = None
     event: Event | None = None
-    if isinstance(message, EventMessage):  # never left the process: no bytes to decode
-        event, envelope = message.event, message.envelope.with_attempt(stored.attempt)
-        body = _body_or_empty(message)
-    else:
-        body = bytes(message.body)
-        try:
+    body, headers = bytes(message.body), dict(message.headers)
+    try:
+        if stored.reference is not None:  # never left the process: no bytes to decode
+            event, envelope = codec.decode_reference(stored.reference, stored.attempt)
+            body, headers = _body_or_empty(codec, event), codec.encode_headers(envelope)
+        else:
             event, envelope = codec.decode(message, stored.attempt)
+    except DecodeError:
+        try:
+            envelope = codec.decode_envelope(message.headers, stored.attempt)
         except DecodeError:
-            try:
-                envelope = codec.decode_envelope(message.headers, stored.attempt)
-            except DecodeError:
-                envelope = None
+            envelope = None
     return DeadLetter(
         id=stored.id,
         group=stored.group,
-        handler=notes.get("handler") or None,
-        reason=notes.get("reason", "unknown"),
-        error_type=notes.get("error_type", ""),
-        error_message=notes.get("error_message", ""),
-        traceback=notes.get("traceback", ""),
+        handler=notes.handler or None,
+        reason=notes.reason or "unknown",
+        error_type=notes.error_type,
+        error_message=notes.error_message,
+        traceback=notes.traceback,
         attempts=stored.attempt,
-        first_failed_at=_parse_time(notes.get("first_failed_at")),
-        last_failed_at=_parse_time(notes.get("last_failed_at")),
+        first_failed_at=_parse_time(notes.first_failed_at),
+        last_failed_at=_parse_time(notes.last_failed_at),
         envelope=envelope,
         event=event,
-        headers=dict(message.headers),
+        headers=headers,
         body=body,
     )
 
 
-def _body_or_empty(message: EventMessage) -> bytes:
+def _body_or_empty(codec: Codec, event: Event) -> bytes:
     """The event's bytes; empty when it is over the size limit (it never needed bytes)."""
     try:
-        return message.body
+        return codec.encode_body(event)
     except PayloadTooLargeError:
         return b""
 
 
-def _parse_time(value: str | None) -> datetime:
+def _parse_time(value: str) -> datetime:
     try:
         return datetime.fromisoformat(value) if value else datetime.fromtimestamp(0, UTC)
     except ValueError:

@@ -1,4 +1,5 @@
-"""The envelope: the metadata that travels with every event, and its id generator."""
+"""The envelope: the metadata that travels with every event, its id generator and the
+factory that makes the envelope of each new event."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import NamedTuple
 
-__all__ = ["Envelope", "EventIdGenerator"]
+from ._errors import PublishError
+from ._event import Event
+
+__all__ = ["Envelope", "EnvelopeFactory", "EventIdGenerator"]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -78,10 +82,62 @@ class EventIdGenerator:
                 self._prefix = _prefix(self._last_ms)
         return self._prefix + _SEQUENCE[self._seq] + self._suffix
 
-    @staticmethod
-    def now() -> datetime:
-        """The current time as a timezone-aware UTC datetime."""
-        return datetime.now(UTC)
+
+_MAX_ID = 200
+
+
+class EnvelopeFactory:
+    """Makes the envelope of each event a bus publishes; checks the event type once per
+    class, and the headers and ids of every call (``PublishError`` when wrong)."""
+
+    __slots__ = ("_next_id", "_wire")
+
+    def __init__(self) -> None:
+        self._next_id = EventIdGenerator().next_id
+        self._wire: dict[type[Event], tuple[str, int]] = {}
+
+    def make(
+        self,
+        event: Event,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+    ) -> Envelope:
+        """The envelope of a new event, with a new id and the current time."""
+        event_type = type(event)
+        wire = self._wire.get(event_type)
+        if wire is None:
+            if not isinstance(event, Event) or event_type is Event:
+                raise PublishError(
+                    f"publish() takes an Event subclass instance, not {event_type!r}"
+                )
+            wire = self._wire[event_type] = (event_type.event_name, event_type.event_version)
+        if correlation_id is not None or causation_id is not None:
+            _check_ids(correlation_id, causation_id)
+        event_id = self._next_id()
+        return Envelope(
+            event_id,
+            wire[0],
+            wire[1],
+            datetime.now(UTC),
+            correlation_id or event_id,
+            causation_id,
+            _EMPTY if headers is None else _checked_headers(headers),
+        )
+
+
+def _checked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise PublishError("headers must map non-empty str keys to str values")
+    return MappingProxyType(dict(headers))
+
+
+def _check_ids(correlation_id: str | None, causation_id: str | None) -> None:
+    for name, value in (("correlation_id", correlation_id), ("causation_id", causation_id)):
+        if value is not None and not (isinstance(value, str) and 0 < len(value) <= _MAX_ID):
+            raise PublishError(f"{name} must be a non-empty string of at most {_MAX_ID} characters")
 
 
 _SEQUENCE = tuple(f"{0x7000 | seq:04x}" for seq in range(0x1000))

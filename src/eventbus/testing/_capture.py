@@ -8,9 +8,8 @@ from typing import TypeVar
 
 from eventbus._bus import EventBus
 from eventbus._envelope import Envelope
-from eventbus._errors import ImmediateHandlerError
 from eventbus._event import Event
-from eventbus._middleware import Middleware, Next
+from eventbus._observer import Observer
 
 __all__ = ["Captured", "capture"]
 
@@ -35,19 +34,11 @@ class Captured:
         return iter(self.events)
 
 
-class _Recorder(Middleware):
+class _Recorder(Observer):
     def __init__(self, into: Captured) -> None:
         self._into = into
 
-    async def on_publish(self, event: Event, envelope: Envelope, call_next: Next) -> None:
-        try:
-            await call_next()
-        except ImmediateHandlerError:  # accepted all the same
-            self._record(event, envelope)
-            raise
-        self._record(event, envelope)
-
-    def _record(self, event: Event, envelope: Envelope) -> None:
+    def on_published(self, event: Event, envelope: Envelope) -> None:
         self._into.events.append(event)
         self._into.envelopes.append(envelope)
 
@@ -61,12 +52,13 @@ def capture(bus: EventBus) -> Iterator[Captured]:
         assert published.of_type(OrderCreated)[0].order_id == "o-1"
 
     Events still go to their subscribers. Only accepted events are recorded: a publish
-    that raised before the transport took the event is not.
+    that raised before the transport took the event is not. It is an ``Observer`` of
+    the bus: the code under test runs exactly as in production.
     """
     captured = Captured()
     recorder = _Recorder(captured)
-    bus._middleware.insert(0, recorder)
+    bus.add_observer(recorder)
     try:
         yield captured
     finally:
-        bus._middleware.remove(recorder)
+        bus.remove_observer(recorder)

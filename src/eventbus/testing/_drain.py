@@ -16,6 +16,6 @@ async def drain(bus: EventBus, *, reraise: bool = True, timeout: float | None = 
     (seconds, default 10) turns a hang into a ``TimeoutError``.
     """
     await bus.drain(timeout=timeout)
-    errors = bus._take_dead_letter_errors()
+    errors = bus.take_dead_letter_errors()
     if reraise and errors:
         raise errors[0]

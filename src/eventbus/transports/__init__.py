@@ -1,13 +1,22 @@
-"""Transports: the contract (``Transport``, ``Connection``, ``Subscription``) and the
-in-memory implementation. The Redis transport lives in ``eventbus.transports.redis`` and
-is imported only when asked for.
+"""Transports: the contract and the in-memory implementation.
+
+The required contract is ``Transport``, ``Connection`` and ``Subscription``; the optional
+abilities a connection may offer are ``BatchPublishing``, ``DeadLetterStore``,
+``IdleWaiting``, ``Serving`` and ``ReferencePublishing``. The Redis transport lives in
+``eventbus.transports.redis`` and is imported only when asked for.
 """
 
-from ._protocol import (
+from ._contract import (
+    BatchPublishing,
     Connection,
+    DeadLetterStore,
     Delivery,
+    FailureNotes,
     Features,
+    IdleWaiting,
     Message,
+    ReferencePublishing,
+    Serving,
     StoredDeadLetter,
     Subscription,
     Transport,
@@ -15,11 +24,17 @@ from ._protocol import (
 from .memory import InMemoryTransport
 
 __all__ = [
+    "BatchPublishing",
     "Connection",
+    "DeadLetterStore",
     "Delivery",
+    "FailureNotes",
     "Features",
+    "IdleWaiting",
     "InMemoryTransport",
     "Message",
+    "ReferencePublishing",
+    "Serving",
     "StoredDeadLetter",
     "Subscription",
     "Transport",

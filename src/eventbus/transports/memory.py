@@ -6,7 +6,7 @@ import contextlib
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -14,7 +14,16 @@ import anyio
 from eventbus._clock import Clock, MonotonicClock
 from eventbus._errors import ConfigurationError, PublishTimeoutError, TransportClosedError
 
-from ._protocol import Connection, Delivery, Features, Message, StoredDeadLetter, Subscription
+from ._contract import (
+    NO_BYTES,
+    Connection,
+    Delivery,
+    FailureNotes,
+    Features,
+    Message,
+    StoredDeadLetter,
+    Subscription,
+)
 
 __all__ = ["InMemoryTransport"]
 
@@ -56,9 +65,11 @@ class InMemoryTransport:
       that subscribes later still receives what was published before it (0 keeps none).
     - ``clock``: where retry delays are measured (``eventbus.testing.VirtualClock`` runs
       them without waiting).
-    - ``serialize``: encode every message to bytes at publish and decode it again on
-      delivery, exactly as a network transport would (payload size limit included).
-      Off by default: events are immutable, so subscribers share the instance.
+    - ``serialize``: carry bytes only, as a network transport does: the bus encodes
+      every event at publish and decodes it on delivery (payload size limit included).
+      Off by default: the connection then also offers ``ReferencePublishing``, and the
+      bus hands events to subscribers by reference, never as bytes (events are
+      immutable, so subscribers share the instance).
 
     Nothing survives the process. Share one instance between buses to connect them. A
     group lives as long as the transport, also after its last bus closed: its events wait
@@ -83,7 +94,7 @@ class InMemoryTransport:
         self._clock: Clock = clock or MonotonicClock()
         self._serialize = serialize
         self._groups: dict[str, dict[str, _Group]] = {}
-        self._history: dict[str, deque[tuple[str, Message]]] = {}
+        self._history: dict[str, deque[tuple[str, Message, object]]] = {}
         self._dead: list[StoredDeadLetter] = []
         self._outstanding = 0
         self._idle: list[anyio.Event] = []
@@ -95,9 +106,16 @@ class InMemoryTransport:
         """History for late groups, bounded queues, nothing kept across a restart."""
         return Features(history_for_new_groups=self._history_len > 0, bounded=True)
 
+    @property
+    def clock(self) -> Clock:
+        """Where retry delays are measured (the bus waits on it too)."""
+        return self._clock
+
     async def connect(self) -> Connection:
         """Open a connection for one bus (never fails)."""
-        return _MemoryConnection(self)
+        if self._serialize:
+            return _MemoryConnection(self)
+        return _ReferenceConnection(self)
 
     # -- shared state, used by connections and subscriptions ------------------------
 
@@ -139,8 +157,8 @@ class InMemoryTransport:
         state = groups.get(group)
         if state is None:
             state = groups[group] = _Group(group, topic)
-            for mid, message in self._history[topic]:
-                state.ready.append(Delivery(mid, topic, message))
+            for mid, message, reference in self._history[topic]:
+                state.ready.append(Delivery(mid, topic, message, reference=reference))
                 self._outstanding += 1
         return state
 
@@ -168,7 +186,7 @@ class InMemoryTransport:
             waiter.set()
         self._idle.clear()
 
-    def _add_dead_letter(self, group: str, delivery: Delivery, notes: Mapping[str, str]) -> None:
+    def _add_dead_letter(self, group: str, delivery: Delivery, notes: FailureNotes) -> None:
         self._dead.append(
             StoredDeadLetter(
                 id=f"dl-{next(self._ids)}",
@@ -177,7 +195,8 @@ class InMemoryTransport:
                 topic=delivery.topic,
                 message=delivery.message,
                 attempt=delivery.attempt,
-                notes=dict(notes),
+                notes=notes,
+                reference=delivery.reference,
             )
         )
         self._finish()
@@ -200,12 +219,16 @@ class _MemoryConnection:
         self._closed = False
 
     async def publish(self, topic: str, message: Message, *, timeout: float | None = None) -> str:
-        """Queue ``message`` for every group of ``topic``; wait for room when full."""
+        """Queue a copy of ``message`` for every group of ``topic``; wait for room when full."""
+        copy = Message(bytes(message.body), dict(message.headers))
+        return await self._put(topic, copy, None, timeout)
+
+    async def _put(
+        self, topic: str, message: Message, reference: object, timeout: float | None
+    ) -> str:
         t = self._t
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        if t._serialize:
-            message = Message(bytes(message.body), dict(message.headers))
         groups = t._groups.get(topic)
         if groups is None:
             groups = t._topic_groups(topic)
@@ -215,9 +238,9 @@ class _MemoryConnection:
                 await t._wait_for_room(groups, timeout)
                 break
         mid = str(next(t._ids))
-        t._history[topic].append((mid, message))
+        t._history[topic].append((mid, message, reference))
         for group in groups.values():
-            group.ready.append(Delivery(mid, topic, message))
+            group.ready.append(Delivery(mid, topic, message, reference=reference))
             t._outstanding += 1
             if group.receivers:
                 group.wake_receiver()
@@ -256,7 +279,9 @@ class _MemoryConnection:
             state = self._t._topic_groups(dead.topic).get(dead.group) or self._t._join(
                 dead.topic, dead.group
             )
-            state.ready.append(Delivery(dead.message_id, dead.topic, dead.message))
+            state.ready.append(
+                Delivery(dead.message_id, dead.topic, dead.message, reference=dead.reference)
+            )
             self._t._outstanding += 1
             state.wake_receiver()
         return len(chosen)
@@ -268,15 +293,22 @@ class _MemoryConnection:
             self._t._dead.remove(dead)
         return len(chosen)
 
-    async def serve(self) -> None:
-        """Nothing runs in the background of an in-memory connection."""
-
     async def aclose(self) -> None:
         """Close every subscription of this connection, then the connection."""
         self._closed = True
         for sub in self._subs:
             await sub.aclose()
         self._subs.clear()
+
+
+class _ReferenceConnection(_MemoryConnection):
+    """A connection that also carries objects by reference (``serialize=False``)."""
+
+    async def publish_reference(
+        self, topic: str, reference: object, *, timeout: float | None = None
+    ) -> str:
+        """Queue ``reference`` itself for every group of ``topic``."""
+        return await self._put(topic, NO_BYTES, reference, timeout)
 
 
 class _MemorySubscription:
@@ -339,13 +371,14 @@ class _MemorySubscription:
         if t._outstanding == 0:
             t._wake_idle()
 
-    async def nack(self, delivery: Delivery, delay: float, notes: Mapping[str, str]) -> None:
+    async def nack(self, delivery: Delivery, delay: float, notes: FailureNotes) -> None:
         """Deliver the message to the group again after ``delay`` seconds."""
         self._take(delivery)
-        retry = Delivery(delivery.id, delivery.topic, delivery.message, delivery.attempt + 1, notes)
+        d = delivery
+        retry = Delivery(d.id, d.topic, d.message, d.attempt + 1, notes, d.reference)
         self._t._schedule(self._group, retry, delay)
 
-    async def dead_letter(self, delivery: Delivery, notes: Mapping[str, str]) -> None:
+    async def dead_letter(self, delivery: Delivery, notes: FailureNotes) -> None:
         """Keep the message among the group's dead letters."""
         self._take(delivery)
         self._t._add_dead_letter(self._group.name, delivery, notes)

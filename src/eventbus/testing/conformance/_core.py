@@ -1,112 +1,40 @@
-"""The transport conformance suite: one set of scenarios every transport must pass.
-
-Subclass ``TransportConformance`` in a test module (the class name must start with
-``Test`` for pytest to collect it) and provide a ``transport`` fixture that returns a
-fresh, empty transport for each test::
-
-    import pytest
-    from eventbus.testing.conformance import TransportConformance
-
-    class TestMyTransport(TransportConformance):
-        @pytest.fixture
-        def transport(self) -> MyTransport:
-            return MyTransport(...)
-
-The scenarios run with the anyio pytest plugin (an ``anyio_backend`` fixture chooses the
-event loop). Scenarios that need a feature the transport does not declare in its
-``Features`` skip themselves and say why. Override ``bounded_transport`` to return a
-transport whose queue holds at most ``BOUNDED_CAPACITY`` messages, to run the
-backpressure scenario. Requires pytest.
-"""
+"""The scenarios of the required contract: every transport must pass them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 
 from eventbus._errors import PublishTimeoutError, TransportClosedError
-from eventbus.transports._protocol import (
+from eventbus.transports._contract import (
     Connection,
     Delivery,
+    FailureNotes,
     Message,
-    StoredDeadLetter,
     Subscription,
     Transport,
 )
 
-__all__ = ["BOUNDED_CAPACITY", "TransportConformance"]
+from ._helpers import (
+    WAIT,
+    connected,
+    index_of,
+    message,
+    nothing_within,
+    publish_range,
+    receive,
+    receive_and_ack,
+)
+
+__all__ = ["BOUNDED_CAPACITY", "CoreScenarios"]
 
 BOUNDED_CAPACITY = 5
-_WAIT = 10.0
 
 
-def message(index: int, **headers: str) -> Message:
-    """A small test message whose body and headers carry ``index``."""
-    return Message(b'{"i":%d}' % index, {"i": str(index), **headers})
-
-
-def index_of_dead(dead: StoredDeadLetter) -> int:
-    """The index of a dead letter's ``message(...)``."""
-    return int(dead.message.headers["i"])
-
-
-def index_of(delivery: Delivery) -> int:
-    """The index a ``message(...)`` was made with."""
-    return int(delivery.message.headers["i"])
-
-
-async def receive(sub: Subscription, timeout: float = _WAIT) -> Delivery:
-    """Receive one delivery, failing the test after ``timeout`` seconds."""
-    with anyio.fail_after(timeout):
-        delivery = await sub.receive()
-    assert delivery is not None, "receive() returned None on an open subscription"
-    return delivery
-
-
-async def receive_and_ack(sub: Subscription, count: int) -> list[int]:
-    """Receive and ack ``count`` deliveries; return their indexes in arrival order."""
-    seen = []
-    for _ in range(count):
-        delivery = await receive(sub)
-        seen.append(index_of(delivery))
-        await sub.ack(delivery)
-    return seen
-
-
-async def nothing_within(sub: Subscription, seconds: float) -> bool:
-    """True when ``sub`` delivers nothing for ``seconds`` (a bounded negative check)."""
-    with anyio.move_on_after(seconds):
-        await sub.receive()
-        return False
-    return True
-
-
-async def publish_range(conn: Connection, topic: str, indexes: Sequence[int]) -> None:
-    """Publish ``message(i)`` for each index, in order."""
-    for i in indexes:
-        await conn.publish(topic, message(i))
-
-
-@asynccontextmanager
-async def connected(transport: Transport) -> AsyncIterator[Connection]:
-    """A connection with its background work running, as a bus would hold it."""
-    conn = await transport.connect()
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(conn.serve)
-            try:
-                yield conn
-            finally:
-                tg.cancel_scope.cancel()
-    finally:
-        await conn.aclose()
-
-
-class TransportConformance:
-    """The scenarios. Subclasses provide the ``transport`` fixture."""
+class CoreScenarios:
+    """Publish, subscribe, receive, ack, nack, dead-letter and close."""
 
     pytestmark = pytest.mark.anyio
 
@@ -126,6 +54,13 @@ class TransportConformance:
         async with connected(transport) as connection:
             yield connection
 
+    async def test_objects_meet_the_protocols(self, transport: Transport) -> None:
+        """The transport, its connection and a subscription meet the required protocols."""
+        assert isinstance(transport, Transport)
+        async with connected(transport) as conn:
+            assert isinstance(conn, Connection)
+            assert isinstance(await conn.subscribe("orders", "g"), Subscription)
+
     async def test_round_trip_keeps_body_and_headers(self, conn: Connection) -> None:
         """A message arrives with its bytes, headers, topic and id intact, as attempt 1."""
         sub = await conn.subscribe("orders", "g")
@@ -135,19 +70,8 @@ class TransportConformance:
         delivery = await receive(sub)
         assert (delivery.message.body, dict(delivery.message.headers)) == (body, headers)
         assert (delivery.id, delivery.topic, delivery.attempt) == (message_id, "orders", 1)
+        assert delivery.notes is None
         await sub.ack(delivery)
-
-    async def test_publish_many_keeps_order_and_returns_ids(self, conn: Connection) -> None:
-        """publish_many stores a batch in order and returns one id per message."""
-        sub = await conn.subscribe("orders", "g")
-        ids = await conn.publish_many([("orders", message(i)) for i in range(50)])
-        assert len(set(ids)) == 50
-        deliveries = [await receive(sub) for _ in range(50)]
-        assert [index_of(d) for d in deliveries] == list(range(50))
-        assert [d.id for d in deliveries] == ids
-        for delivery in deliveries:
-            await sub.ack(delivery)
-        assert await conn.publish_many([]) == []
 
     async def test_no_loss_over_1000_events(self, conn: Connection) -> None:
         """1,000 published messages all reach the group, each once."""
@@ -156,17 +80,19 @@ class TransportConformance:
             tg.start_soon(publish_range, conn, "orders", range(1000))
             seen = await receive_and_ack(sub, 1000)
         assert sorted(seen) == list(range(1000))
-        with anyio.fail_after(_WAIT):
-            await conn.wait_idle()
+        assert await nothing_within(sub, 0.2)
 
     async def test_concurrent_publishers_and_workers(self, transport: Transport) -> None:
         """Four publishers and three workers of one group: every message handled once."""
         seen: list[int] = []
+        all_seen = anyio.Event()
 
         async def work(sub: Subscription) -> None:
             while (delivery := await sub.receive()) is not None:
                 seen.append(index_of(delivery))
                 await sub.ack(delivery)
+                if len(seen) >= 400:
+                    all_seen.set()
 
         async with (
             connected(transport) as c0,
@@ -182,8 +108,8 @@ class TransportConformance:
                     for p in range(4):
                         conn = conns[p % 3]
                         publishers.start_soon(publish_range, conn, "orders", range(p, 400, 4))
-                with anyio.fail_after(_WAIT):
-                    await c0.wait_idle()
+                with anyio.fail_after(WAIT):
+                    await all_seen.wait()
                 for sub in subs:
                     await sub.aclose()
         assert sorted(seen) == list(range(400))
@@ -203,11 +129,12 @@ class TransportConformance:
         sub = await conn.subscribe("orders", "g")
         await conn.publish("orders", message(7))
         first = await receive(sub)
-        await sub.nack(first, 0.0, {"first_failed_at": "t0"})
+        notes = FailureNotes("retrying", error_type="x.Boom", first_failed_at="t0")
+        await sub.nack(first, 0.0, notes)
         second = await receive(sub)
         assert (second.id, index_of(second), second.attempt) == (first.id, 7, 2)
-        assert dict(second.notes) == {"first_failed_at": "t0"}
-        await sub.nack(second, 0.0, {"first_failed_at": "t0"})
+        assert second.notes == notes
+        await sub.nack(second, 0.0, notes)
         third = await receive(sub)
         assert third.attempt == 3
         await sub.ack(third)
@@ -217,7 +144,7 @@ class TransportConformance:
         sub = await conn.subscribe("orders", "g")
         await publish_range(conn, "orders", [1, 2])
         first = await receive(sub)
-        await sub.nack(first, 0.5, {})
+        await sub.nack(first, 0.5, FailureNotes("retrying"))
         assert await receive_and_ack(sub, 1) == [2]
         retried = await receive(sub)
         assert (index_of(retried), retried.attempt) == (1, 2)
@@ -227,7 +154,7 @@ class TransportConformance:
         """A retry that is due is delivered before messages published after it."""
         sub = await conn.subscribe("orders", "g")
         await conn.publish("orders", message(0))
-        await sub.nack(await receive(sub), 0.0, {})
+        await sub.nack(await receive(sub), 0.0, FailureNotes("retrying"))
         await publish_range(conn, "orders", [1, 2, 3])
         first = await receive(sub)
         assert (index_of(first), first.attempt) == (0, 2)
@@ -238,11 +165,19 @@ class TransportConformance:
         """A message nacked with a delay is not redelivered before the delay."""
         sub = await conn.subscribe("orders", "g")
         await conn.publish("orders", message(1))
-        await sub.nack(await receive(sub), 0.6, {})
+        await sub.nack(await receive(sub), 0.6, FailureNotes("retrying"))
         assert await nothing_within(sub, 0.2)
         retried = await receive(sub)
         assert retried.attempt == 2
         await sub.ack(retried)
+
+    async def test_dead_lettered_message_is_not_delivered_again(self, conn: Connection) -> None:
+        """dead_letter() finishes the message for the group, as ack() does."""
+        sub = await conn.subscribe("orders", "g")
+        await publish_range(conn, "orders", [1, 2])
+        await sub.dead_letter(await receive(sub), FailureNotes("retries-exhausted"))
+        assert await receive_and_ack(sub, 1) == [2]
+        assert await nothing_within(sub, 0.2)
 
     async def test_groups_each_get_everything(self, conn: Connection) -> None:
         """Every group subscribed to a topic receives every message (pub/sub)."""
@@ -272,7 +207,7 @@ class TransportConformance:
                         seen[name].append(index_of(delivery))
                         await sub.ack(delivery)
 
-            with anyio.fail_after(_WAIT):
+            with anyio.fail_after(WAIT):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(work, "a", a)
                     tg.start_soon(work, "b", b)
@@ -315,7 +250,7 @@ class TransportConformance:
         async def wait_for_one() -> None:
             results.append(await sub.receive())
 
-        with anyio.fail_after(_WAIT):
+        with anyio.fail_after(WAIT):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(wait_for_one)
                 await anyio.wait_all_tasks_blocked()
@@ -330,46 +265,6 @@ class TransportConformance:
             await conn.publish("orders", message(1))
         with pytest.raises(TransportClosedError):
             await conn.subscribe("orders", "g")
-
-    async def test_dead_letters_list_replay_and_purge(self, conn: Connection) -> None:
-        """Dead letters keep message and notes; replay goes to their group only; purge."""
-        email = await conn.subscribe("orders", "email")
-        stock = await conn.subscribe("orders", "stock")
-        await publish_range(conn, "orders", [1, 2])
-        assert await receive_and_ack(stock, 2) == [1, 2]
-        first = await receive(email)
-        await email.nack(first, 0.0, {})
-        for _ in range(2):
-            delivery = await receive(email)
-            await email.dead_letter(delivery, {"reason": f"gave up on {index_of(delivery)}"})
-        dead = sorted(await conn.dead_letters("email"), key=index_of_dead)
-        assert [(index_of_dead(d), d.attempt, d.notes["reason"]) for d in dead] == [
-            (1, 2, "gave up on 1"),
-            (2, 1, "gave up on 2"),
-        ]
-        assert all(d.group == "email" and d.topic == "orders" for d in dead)
-        assert await conn.dead_letters("stock") == []
-        assert await conn.replay_dead_letters("email", [dead[0].id]) == 1
-        replayed = await receive(email)
-        assert (index_of(replayed), replayed.attempt, replayed.id) == (1, 1, first.id)
-        await email.ack(replayed)
-        assert await nothing_within(stock, 0.2)
-        assert [d.id for d in await conn.dead_letters(None)] == [dead[1].id]
-        assert dead[0].message_id == first.id
-        assert await conn.purge_dead_letters("email", None) == 1
-        assert await conn.dead_letters(None) == []
-
-    async def test_wait_idle_waits_for_unfinished_messages(self, conn: Connection) -> None:
-        """wait_idle() waits while a message is in flight and returns once it is acked."""
-        sub = await conn.subscribe("orders", "g")
-        await conn.publish("orders", message(1))
-        delivery = await receive(sub)
-        with anyio.move_on_after(0.2) as still_waiting:
-            await conn.wait_idle()
-        assert still_waiting.cancelled_caught
-        await sub.ack(delivery)
-        with anyio.fail_after(_WAIT):
-            await conn.wait_idle()
 
     async def test_new_group_receives_earlier_messages(
         self, transport: Transport, conn: Connection

@@ -1,0 +1,283 @@
+"""The delivery engine: what happens to one delivery of one event to one subscriber.
+
+``Delivering`` is the one place that calls a handler (with middleware, context and
+timeout when needed) and decides what follows: ack, retry after a delay, or give up
+(dead-letter in the background, ``ImmediateHandlerError`` inside ``publish()``). Both
+background consumers and immediate subscribers go through it, and it waits only on the
+bus's clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
+
+import anyio
+
+from ._context import Context, _Publish
+from ._deadletter import failure_notes
+from ._envelope import Envelope
+from ._errors import DecodeError, HandlerTimeoutError, ImmediateHandlerError
+from ._event import Event
+from ._middleware import Middleware, Next
+from ._observer import Action, Observers, Outcome
+from ._subscriber import Subscriber
+from .transports._contract import Delivery, FailureNotes, Subscription
+
+__all__ = ["Delivering", "Verdict", "log_extra", "logger", "run_immediate"]
+
+logger = logging.getLogger("eventbus")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Verdict(NamedTuple):
+    """What follows a failed attempt: another one after ``delay`` seconds, or none."""
+
+    retry: bool
+    delay: float
+    reason: str
+    notes: FailureNotes
+
+
+class Delivering:
+    """Runs one subscriber's handler and settles each delivery it gets.
+
+    ``middleware`` wraps every attempt; ``publish`` is what a ``Context`` publishes
+    with; ``sleep`` waits between the attempts of an immediate subscriber.
+    """
+
+    __slots__ = ("_handler", "_middleware", "_observers", "_publish", "_sleep", "plain", "sub")
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        middleware: Sequence[Middleware],
+        publish: _Publish,
+        observers: Observers,
+        sleep: Sleep,
+    ) -> None:
+        self.sub = subscriber
+        self._handler = subscriber.handler
+        self._middleware = tuple(middleware)
+        self._publish = publish
+        self._observers = observers
+        self._sleep = sleep
+        self.plain = not middleware and subscriber.timeout is None and not subscriber.takes_context
+        """The handler takes only the event: it is called directly (the one fast path)."""
+
+    # -- one attempt -----------------------------------------------------------------
+
+    async def attempt(self, event: Event, envelope: Envelope, attempt: int) -> None:
+        """Call the handler once, within the middleware and its timeout; raises its error."""
+        if self.plain:
+            await self._handler(event)
+            return
+        envelope = envelope.with_attempt(attempt)
+        context = None
+        if self.sub.takes_context or self._middleware:
+            context = Context(envelope, self.sub.group, self._publish)
+        if self._middleware:
+            assert context is not None
+            await self._chain(event, context, 0)
+        else:
+            await self._call(event, context)
+
+    async def _chain(self, event: Event, context: Context, index: int) -> None:
+        if index == len(self._middleware):
+            await self._call(event, context)
+            return
+
+        async def call_next() -> None:
+            await self._chain(event, context, index + 1)
+
+        next_: Next = call_next
+        await self._middleware[index].on_handle(event, context, next_)
+
+    async def _call(self, event: Event, context: Context | None) -> None:
+        sub = self.sub
+        args: tuple[Any, ...] = (event, context) if sub.takes_context else (event,)
+        if sub.timeout is None:
+            await self._handler(*args)
+            return
+        with anyio.move_on_after(sub.timeout) as scope:
+            await self._handler(*args)
+        if scope.cancelled_caught:
+            raise HandlerTimeoutError(f"{sub.name} ran longer than its timeout of {sub.timeout} s")
+
+    # -- the decision ------------------------------------------------------------------
+
+    def judge(self, error: Exception, attempt: int, previous: FailureNotes | None) -> Verdict:
+        """Whether attempt number ``attempt``, failed with ``error``, gets another."""
+        retry = self.sub.retry
+        first = previous.first_failed_at if previous is not None else None
+        if retry.should_retry(error, attempt):
+            notes = failure_notes(
+                error, reason="retrying", handler=self.sub.name, first_failed_at=first
+            )
+            return Verdict(True, retry.delay(attempt, error), "retrying", notes)
+        reason = "non-retryable" if not retry.should_retry(error, 0) else "retries-exhausted"
+        notes = failure_notes(error, reason=reason, handler=self.sub.name, first_failed_at=first)
+        return Verdict(False, 0.0, reason, notes)
+
+    # -- background: settle a delivery on its subscription -----------------------------
+
+    async def deliver(
+        self, subscription: Subscription, delivery: Delivery, event: Event, envelope: Envelope
+    ) -> None:
+        """Handle ``delivery`` and ack, retry (nack) or dead-letter it."""
+        try:
+            await self.attempt(event, envelope, delivery.attempt)
+        except Exception as exc:
+            await self._failed(subscription, delivery, event, envelope, exc)
+            return
+        await subscription.ack(delivery)
+        if self._observers.outcome:
+            self._tell("ack", event, envelope, delivery.attempt)
+
+    async def _failed(
+        self,
+        subscription: Subscription,
+        delivery: Delivery,
+        event: Event,
+        envelope: Envelope,
+        error: Exception,
+    ) -> None:
+        sub, attempt = self.sub, delivery.attempt
+        verdict = self.judge(error, attempt, delivery.notes)
+        extra = log_extra(envelope.id, envelope.name, sub.group, attempt, handler=sub.name)
+        extra["error_type"] = type(error).__name__
+        if verdict.retry:
+            logger.warning(
+                "%s failed attempt %d, retrying in %.3f s",
+                sub.name,
+                attempt,
+                verdict.delay,
+                extra=extra,
+            )
+            await subscription.nack(delivery, verdict.delay, verdict.notes)
+            self._tell("retry", event, envelope, attempt, error, verdict)
+            return
+        logger.error(
+            "%s gave up after %d attempt(s): %s", sub.name, attempt, verdict.reason, extra=extra
+        )
+        await subscription.dead_letter(delivery, verdict.notes)
+        self._tell("dead-letter", event, envelope, attempt, error, verdict)
+
+    async def undecodable(
+        self, subscription: Subscription, delivery: Delivery, error: DecodeError
+    ) -> None:
+        """Dead-letter a message that is not a valid event of this subscriber."""
+        group = self.sub.group
+        logger.error(
+            "undecodable message %s in group %s: %s",
+            delivery.id,
+            group,
+            error.reason,
+            extra={"group": group, "message_id": delivery.id, "reason": error.reason},
+        )
+        notes = failure_notes(error, reason=error.reason, handler=None, first_failed_at=None)
+        await subscription.dead_letter(delivery, notes)
+        outcome = Outcome(
+            "dead-letter", group, None, None, None, delivery.attempt, error, reason=error.reason
+        )
+        self._observers.ended(outcome)
+
+    # -- immediate: attempts inside publish() --------------------------------------------
+
+    async def run_inline(self, event: Event, envelope: Envelope) -> None:
+        """Every attempt the retry policy allows, waiting on the bus's clock between them.
+
+        Raises ``ImmediateHandlerError`` (the handler's error as its cause) when the
+        subscriber gives up.
+        """
+        attempt, previous = 1, None
+        while True:
+            try:
+                await self.attempt(event, envelope, attempt)
+            except Exception as exc:
+                verdict = self.judge(exc, attempt, previous)
+                if not verdict.retry:
+                    self._tell("raise", event, envelope, attempt, exc, verdict)
+                    raise self._gave_up(envelope, attempt, exc) from exc
+                self._tell("retry", event, envelope, attempt, exc, verdict)
+                await self._sleep(verdict.delay)
+                attempt, previous = attempt + 1, verdict.notes
+            else:
+                if self._observers.outcome:
+                    self._tell("ack", event, envelope, attempt)
+                return
+
+    def _gave_up(self, envelope: Envelope, attempt: int, error: Exception) -> ImmediateHandlerError:
+        sub = self.sub
+        extra = log_extra(envelope.id, envelope.name, sub.group, attempt, handler=sub.name)
+        extra["error_type"] = type(error).__name__
+        logger.error(
+            "immediate subscriber %s failed after %d attempt(s)", sub.name, attempt, extra=extra
+        )
+        return ImmediateHandlerError(
+            f"immediate subscriber {sub.name} failed on {envelope.name} {envelope.id}: "
+            f"{type(error).__name__}",
+            event_id=envelope.id,
+            handler=sub.name,
+        )
+
+    # -- observers -------------------------------------------------------------------------
+
+    def _tell(
+        self,
+        action: Action,
+        event: Event,
+        envelope: Envelope,
+        attempt: int,
+        error: Exception | None = None,
+        verdict: Verdict | None = None,
+    ) -> None:
+        observers = self._observers
+        if not observers.outcome and (action == "ack" or not observers.failure):
+            return
+        sub = self.sub
+        observers.ended(
+            Outcome(
+                action,
+                sub.group,
+                sub.name,
+                envelope.with_attempt(attempt),
+                event,
+                attempt,
+                error,
+                delay=verdict.delay if verdict is not None and verdict.retry else None,
+                reason=verdict.reason if verdict is not None and not verdict.retry else None,
+                immediate=sub.mode == "immediate",
+            )
+        )
+
+
+def log_extra(
+    event_id: str, event_name: str, group: str, attempt: int, **more: str
+) -> dict[str, object]:
+    """The ``extra`` of every log record about one delivery (never the payload)."""
+    return {
+        "event_id": event_id,
+        "event_name": event_name,
+        "group": group,
+        "attempt": attempt,
+        **more,
+    }
+
+
+async def run_immediate(engines: Sequence[Delivering], event: Event, envelope: Envelope) -> None:
+    """Run each immediate subscriber of an event, one after the other.
+
+    Every subscriber runs even when an earlier one failed; then the first failure is
+    raised (an ``ImmediateHandlerError`` whose cause is the handler's exception).
+    """
+    first: ImmediateHandlerError | None = None
+    for engine in engines:
+        try:
+            await engine.run_inline(event, envelope)
+        except ImmediateHandlerError as exc:
+            first = first or exc
+    if first is not None:
+        raise first

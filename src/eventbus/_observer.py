@@ -1,0 +1,118 @@
+"""``Observer``: a hook told what the bus published and what became of each delivery."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from ._envelope import Envelope
+from ._errors import ConfigurationError
+from ._event import Event
+
+__all__ = ["Action", "Observer", "Observers", "Outcome"]
+
+logger = logging.getLogger("eventbus")
+
+Action = Literal["ack", "retry", "dead-letter", "raise"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one handler attempt, or of a message that could not be decoded.
+
+    - ``action``: ``"ack"`` (handled), ``"retry"`` (after ``delay`` seconds),
+      ``"dead-letter"`` (with ``reason``), or ``"raise"``: an immediate subscriber gave
+      up and its error reaches the publisher as ``ImmediateHandlerError``.
+    - ``group`` / ``handler``: who handled it (``handler`` is None for undecodable input).
+    - ``envelope`` / ``event``: None when the message could not be decoded.
+    - ``attempt``: the attempt's number; ``error``: its exception, None on ``"ack"``.
+    - ``immediate``: whether the subscriber runs inside ``publish()``.
+    """
+
+    action: Action
+    group: str
+    handler: str | None
+    envelope: Envelope | None
+    event: Event | None
+    attempt: int
+    error: BaseException | None = None
+    delay: float | None = None
+    reason: str | None = None
+    immediate: bool = False
+
+
+class Observer:
+    """Subclass and override the hooks you need; give instances to
+    ``EventBus(observers=[...])`` or ``bus.add_observer()``.
+
+    - ``on_published``: the transport accepted an event (before immediate subscribers).
+    - ``on_outcome``: one handler attempt ended (ack, retry, dead letter, or an
+      immediate subscriber giving up), or an undecodable message was dead-lettered.
+    - ``on_failure``: the same, for failures only (every outcome but ``"ack"``).
+
+    Hooks are plain functions called in the bus's task: keep them short, never block.
+    An exception from a hook is logged and ignored. A hook that is not overridden costs
+    nothing (``on_failure`` alone adds no work to successful deliveries). Observers see
+    events: they must not log payloads, which hold personal data.
+    """
+
+    def on_published(self, event: Event, envelope: Envelope) -> None:
+        """After the transport accepted ``event``."""
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        """After each handler attempt, successful or not."""
+
+    def on_failure(self, outcome: Outcome) -> None:
+        """After each failed attempt or undecodable message."""
+
+
+class Observers:
+    """The bus's observers, sorted by the hooks they override (for the hot paths)."""
+
+    __slots__ = ("failure", "outcome", "published")
+
+    def __init__(self) -> None:
+        self.published: tuple[Observer, ...] = ()
+        self.outcome: tuple[Observer, ...] = ()
+        self.failure: tuple[Observer, ...] = ()
+
+    def add(self, observer: Observer) -> None:
+        """Add an observer (after the others)."""
+        if not isinstance(observer, Observer):
+            raise ConfigurationError(f"an observer must be an eventbus.Observer, not {observer!r}")
+        for name in self.__slots__:
+            if _overrides(observer, f"on_{name}"):
+                setattr(self, name, (*getattr(self, name), observer))
+
+    def remove(self, observer: Observer) -> None:
+        """Remove an observer (nothing happens when it is not there)."""
+        for name in self.__slots__:
+            setattr(self, name, tuple(o for o in getattr(self, name) if o is not observer))
+
+    def published_event(self, event: Event, envelope: Envelope) -> None:
+        """Tell the observers of publishes."""
+        for observer in self.published:
+            try:
+                observer.on_published(event, envelope)
+            except Exception:
+                logger.exception("observer %r failed in on_published", observer)
+
+    def ended(self, outcome: Outcome) -> None:
+        """Tell the observers of outcomes (and of failures, when it is one)."""
+        for observer in self.outcome:
+            try:
+                observer.on_outcome(outcome)
+            except Exception:
+                logger.exception("observer %r failed in on_outcome", observer)
+        if outcome.action == "ack":
+            return
+        for observer in self.failure:
+            try:
+                observer.on_failure(outcome)
+            except Exception:
+                logger.exception("observer %r failed in on_failure", observer)
+
+
+def _overrides(observer: Observer, hook: str) -> bool:
+    return getattr(type(observer), hook) is not getattr(Observer, hook)
