@@ -25,7 +25,7 @@ from eventbus import (
     UnknownEventError,
     VersionMismatchError,
 )
-from eventbus._codec import Codec, EventMessage
+from eventbus._codec import Codec
 from eventbus.transports import Message
 from tests.events import LineItem, OrderCreated
 
@@ -85,6 +85,13 @@ class SecondOfName(Event, name="shared.name"):
     """The other class with that wire name."""
 
     b: int
+
+
+class OtherOrderCreated(Event, name="OrderCreated"):
+    """Another class of the wire name OrderCreated (another bus of the process has it)."""
+
+    order_id: str
+    total: Decimal
 
 
 def customer(**changes: object) -> CustomerRegistered:
@@ -195,37 +202,44 @@ def test_decode_sets_the_attempt_given() -> None:
     assert envelope.attempt == 3
 
 
-def test_event_message_decoded_by_its_codec_keeps_the_instance() -> None:
-    """A lazily encoded EventMessage returns its own event to its own codec."""
+def test_reference_decoded_by_its_codec_keeps_the_instance() -> None:
+    """A Reference of a registered class decodes to its own event, never through bytes."""
     codec = make_codec()
     event = customer()
-    message = EventMessage(event, envelope_for(event), codec)
+    reference = (event, envelope_for(event))
 
-    decoded, envelope = codec.decode(message, attempt=2)
+    decoded, envelope = codec.decode_reference(reference, attempt=2)
 
     assert decoded is event
     assert envelope == envelope_for(event, attempt=2)
 
 
-def test_event_message_decoded_by_another_codec_gives_an_equal_event() -> None:
-    """Another codec that knows the type decodes an EventMessage to an equal event."""
-    event = customer()
-    message = EventMessage(event, envelope_for(event), make_codec())
+def test_reference_of_another_class_of_that_name_decodes_through_bytes() -> None:
+    """A Reference whose class another codec registered decodes to an equal event of its own."""
+    event = OrderCreated(order_id="o-1")
+    reference = (event, envelope_for(event))
+    codec = Codec()
+    codec.register([OtherOrderCreated])
 
-    decoded, envelope = make_codec().decode(message)
+    decoded, envelope = codec.decode_reference(reference)
 
-    assert decoded == event
+    assert type(decoded) is OtherOrderCreated
+    assert (decoded.order_id, decoded.total) == (event.order_id, event.total)
     assert envelope == envelope_for(event)
 
 
-def test_event_message_of_a_type_another_codec_does_not_know_is_unknown() -> None:
-    """A codec without the event's type refuses an EventMessage with UnknownEventError."""
+def test_reference_of_a_type_the_codec_does_not_know_is_unknown() -> None:
+    """A codec without the event's type refuses a Reference with UnknownEventError."""
     event = customer()
-    message = EventMessage(event, envelope_for(event), make_codec())
 
-    error = decode_error(Codec(), message)
+    with pytest.raises(UnknownEventError):
+        Codec().decode_reference((event, envelope_for(event)))
 
-    assert isinstance(error, UnknownEventError)
+
+def test_something_else_than_a_reference_is_malformed() -> None:
+    """An object another program passed by reference is refused as malformed."""
+    with pytest.raises(MalformedMessageError, match="not an eventbus event"):
+        make_codec().decode_reference(("not", "an event"))
 
 
 @settings(max_examples=100, deadline=None)
@@ -298,15 +312,15 @@ def test_headers_add_causation_and_user_headers_as_json() -> None:
     assert all(isinstance(value, str) for value in headers.values())
 
 
-def test_event_message_headers_and_body_match_the_codec() -> None:
-    """An EventMessage reads as the codec's body and headers."""
+def test_encoded_message_holds_the_codecs_body_and_headers() -> None:
+    """encode() gives a Message of the event's JSON body and the envelope's headers."""
     codec = make_codec()
     event = customer()
     envelope = envelope_for(event, causation_id="cause-1")
 
-    message = EventMessage(event, envelope, codec)
+    message = codec.encode(event, envelope)
 
-    assert isinstance(message, EventMessage)
+    assert type(message) is Message
     assert message.body == codec.encode_body(event)
     assert dict(message.headers) == codec.encode_headers(envelope)
 
@@ -484,14 +498,13 @@ def test_encode_over_the_limit_raises_payload_too_large() -> None:
     assert SECRET not in str(info.value)
 
 
-def test_event_message_encodes_lazily_and_raises_when_read() -> None:
-    """An EventMessage of an over-large event is made freely; reading its body raises."""
+def test_encoding_an_over_large_event_raises_and_names_the_exception() -> None:
+    """encode() refuses an event past the limit; the error says where the limit holds."""
     codec = make_codec(max_payload_bytes=64)
     event = customer(tags=("x" * 100,))
-    message = EventMessage(event, envelope_for(event), codec)
 
-    with pytest.raises(PayloadTooLargeError):
-        _ = message.body
+    with pytest.raises(PayloadTooLargeError, match=r"limit of 64 .*passed by reference"):
+        codec.encode(event, envelope_for(event))
 
 
 def test_two_classes_with_one_name_cannot_be_registered() -> None:

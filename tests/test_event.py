@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pydantic
@@ -306,11 +306,3 @@ def test_ids_of_two_generators_are_unique() -> None:
     ids = [gen() for _ in range(5_000) for gen in (first, second)]
 
     assert len(set(ids)) == len(ids)
-
-
-def test_now_is_timezone_aware_utc() -> None:
-    """EventIdGenerator.now() is the current time, timezone-aware, in UTC."""
-    now = EventIdGenerator.now()
-
-    assert now.utcoffset() == timedelta(0)
-    assert abs(datetime.now(UTC) - now) < timedelta(seconds=5)

@@ -30,6 +30,7 @@ from ._errors import (
 )
 from ._event import Event
 from ._middleware import Middleware, Next
+from ._observer import Observer, Outcome
 from ._registry import Registry
 from ._retry import RetryPolicy
 from ._subscriber import Subscriber
@@ -50,6 +51,8 @@ __all__ = [
     "Envelope",
     "Middleware",
     "Next",
+    "Observer",
+    "Outcome",
     "Subscriber",
     # errors (the tree is drawn in eventbus._errors)
     "EventBusError",

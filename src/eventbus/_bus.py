@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 
 from ._clock import Clock, MonotonicClock, sleeper
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec, Reference
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
 from ._deadletter import DeadLetter, from_stored
 from ._delivery import Delivering, logger, run_immediate
 from ._envelope import Envelope, EnvelopeFactory
@@ -109,10 +109,10 @@ class EventBus:
         self._stopping = False
         self._conn: Connection | None = None
         self._publish_to: Callable[..., Any] | None = None
-        self._pack: Callable[[Event, Envelope], object] = Reference
+        self._by_reference = False
         self._batch: BatchPublishing | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._serve_scope = anyio.CancelScope()
+        self._serve_scope: anyio.CancelScope | None = None
         self._workers = Workers(self._codec, self._sleep)
 
     @property
@@ -200,14 +200,16 @@ class EventBus:
         if self._state is not _State.NEW:
             raise BusStateError(f"a bus runs once; this one is {self._state.value}")
         conn = self._conn = await self._transport.connect()
+        self._by_reference = isinstance(conn, ReferencePublishing)
         if isinstance(conn, ReferencePublishing):
-            self._publish_to, self._pack = conn.publish_reference, Reference
+            self._publish_to = conn.publish_reference
         else:
-            self._publish_to, self._pack = conn.publish, self._codec.encode
+            self._publish_to = conn.publish
             self._batch = conn if isinstance(conn, BatchPublishing) else None
         self._state = _State.RUNNING
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        self._serve_scope = anyio.CancelScope()
         if isinstance(conn, Serving):
             self._task_group.start_soon(self._serve, conn)
         try:
@@ -285,6 +287,7 @@ class EventBus:
 
     async def _serve(self, conn: Serving) -> None:
         """Run the connection's background work until the consumers have stopped."""
+        assert self._serve_scope is not None
         with self._serve_scope:
             await conn.serve()
 
@@ -292,6 +295,7 @@ class EventBus:
         """Wait for the consumer loops to finish; cancel what still runs at the deadline."""
         assert self._task_group is not None
         if await self._workers.wait_stopped(deadline):
+            assert self._serve_scope is not None
             self._serve_scope.cancel()
         else:
             self._task_group.cancel_scope.cancel()
@@ -326,7 +330,10 @@ class EventBus:
         if self._middleware:
             await self._publish_through(0, event, envelope, timeout, True)
             return envelope
-        await publish_to(envelope.name, self._pack(event, envelope), timeout=timeout)
+        if self._by_reference:
+            await publish_to(envelope.name, (event, envelope), timeout=timeout)
+        else:
+            await publish_to(envelope.name, self._codec.encode(event, envelope), timeout=timeout)
         if self._observers.published:
             self._observers.published_event(event, envelope)
         immediate = self._immediate.get(type(event))
@@ -373,6 +380,10 @@ class EventBus:
         if first is not None:
             raise first
         return [envelope for _, envelope in batch]
+
+    def _pack(self, event: Event, envelope: Envelope) -> object:
+        """What the transport receives: the event by reference, or its bytes."""
+        return (event, envelope) if self._by_reference else self._codec.encode(event, envelope)
 
     async def _send_batch(self, items: list[tuple[str, Any]], timeout: float | None) -> None:
         assert self._publish_to is not None

@@ -15,7 +15,6 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -36,11 +35,8 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 _MAX_FIELD = 200
 
 
-class Reference(NamedTuple):
-    """An event as a transport that carries references moves it: never as bytes."""
-
-    event: Event
-    envelope: Envelope
+Reference = tuple[Event, Envelope]
+"""An event as a transport that carries references moves it: never as bytes."""
 
 
 class Codec:
@@ -143,7 +139,12 @@ class Codec:
         An event whose class is not the one registered under its name (another bus of
         the process registered another class) goes through bytes, as on the wire.
         """
-        if not isinstance(reference, Reference):
+        if not (
+            type(reference) is tuple
+            and len(reference) == 2
+            and isinstance(reference[0], Event)
+            and isinstance(reference[1], Envelope)
+        ):
             raise MalformedMessageError("the reference is not an eventbus event")
         event, envelope = reference
         if self._types.get(envelope.name) is type(event):

@@ -9,7 +9,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from ._backoff import Backoff
-from ._codec import Codec, Reference
+from ._codec import Codec
 from ._delivery import Delivering, logger
 from ._envelope import Envelope
 from ._errors import DecodeError, MalformedMessageError
@@ -105,7 +105,7 @@ class Consumer:
                 slot.busy = True
                 try:
                     ref = delivery.reference
-                    if type(ref) is Reference and type(ref.event) is event_type:
+                    if type(ref) is tuple and type(ref[0]) is event_type:
                         event, envelope = ref  # passed by reference, of this very class
                     else:
                         decoded = await self._decode(delivery)

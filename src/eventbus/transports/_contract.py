@@ -1,7 +1,7 @@
 """The transport contract: what the bus needs from anything that moves events.
 
 A transport moves bytes plus string headers between publishers and groups. It knows
-nothing of pydantic, retry policies or handlers: the bus decides *what* happens to a
+nothing of event classes, retry policies or handlers: the bus decides *what* happens to a
 delivery (ack, retry after a delay, dead-letter) and the transport makes it durable.
 
 The required contract is three protocols, each with a short job:
