@@ -12,6 +12,7 @@ from eventbus.transports import (
     DeadLetterStore,
     Features,
     IdleWaiting,
+    Inspection,
     Message,
     ReferencePublishing,
     Serving,
@@ -76,7 +77,8 @@ async def test_the_connection_offers_no_ability() -> None:
     """The wrapper meets Connection and none of the optional protocols."""
     conn = await CoreOnlyTransport().connect()
     assert isinstance(conn, Connection)
-    for ability in (BatchPublishing, DeadLetterStore, IdleWaiting, Serving, ReferencePublishing):
+    abilities = (BatchPublishing, DeadLetterStore, IdleWaiting, Inspection, Serving)
+    for ability in (*abilities, ReferencePublishing):
         assert not isinstance(conn, ability), ability
 
 
@@ -109,3 +111,5 @@ async def test_abilities_the_transport_lacks_raise_a_clear_error() -> None:
             await bus.replay_dead_letters()
         with pytest.raises(ConfigurationError, match="DeadLetterStore"):
             await bus.purge_dead_letters()
+        with pytest.raises(ConfigurationError, match=r"inspect\(\) needs .*Inspection"):
+            await bus.inspect()

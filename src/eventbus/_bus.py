@@ -29,7 +29,9 @@ from .transports._contract import (
     BatchPublishing,
     Connection,
     DeadLetterStore,
+    GroupStats,
     IdleWaiting,
+    Inspection,
     ReferencePublishing,
     Serving,
     Transport,
@@ -460,6 +462,17 @@ class EventBus:
         """Delete dead letters (all of ``group`` when ``ids`` is None); return the count."""
         store = self._store("purge_dead_letters()")
         return await store.purge_dead_letters(group, ids)
+
+    async def inspect(self) -> list[GroupStats]:
+        """The state of every group of the transport (of other buses too): messages
+        waiting or in flight, scheduled for a retry, dead-lettered; sorted by topic then
+        group. Raises ``BusStateError`` outside ``async with bus:``, ``ConfigurationError``
+        when the transport cannot tell (no ``Inspection``), ``TransportError`` when it
+        fails."""
+        conn = self._open_connection()
+        if not isinstance(conn, Inspection):
+            raise self._lacks("Inspection", "inspect()")
+        return list(await conn.inspect())
 
     def take_dead_letter_errors(self) -> list[BaseException]:
         """The errors that sent events to the dead letters since the last call (the last

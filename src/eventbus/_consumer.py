@@ -106,17 +106,16 @@ class Consumer:
                 try:
                     ref = delivery.reference
                     if type(ref) is tuple and type(ref[0]) is event_type:
-                        event, envelope = ref  # passed by reference, of this very class
+                        decoded: tuple[Event, Envelope] | None = ref  # by reference, this class
                     else:
                         decoded = await self._decode(delivery)
-                        if decoded is None:
-                            continue
-                        event, envelope = decoded
-                    if limiter is None:
-                        await deliver(subscription, delivery, event, envelope)
+                    if decoded is None:
+                        pass  # dead-lettered as undecodable
+                    elif limiter is None:
+                        await deliver(subscription, delivery, *decoded)
                     else:
                         async with limiter:
-                            await deliver(subscription, delivery, event, envelope)
+                            await deliver(subscription, delivery, *decoded)
                 finally:
                     slot.busy = False
                 backoff.reset()

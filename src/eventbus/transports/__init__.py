@@ -2,8 +2,8 @@
 
 The required contract is ``Transport``, ``Connection`` and ``Subscription``; the optional
 abilities a connection may offer are ``BatchPublishing``, ``DeadLetterStore``,
-``IdleWaiting``, ``Serving`` and ``ReferencePublishing``. The Redis transport lives in
-``eventbus.transports.redis`` and is imported only when asked for.
+``IdleWaiting``, ``Inspection``, ``Serving`` and ``ReferencePublishing``. The Redis
+transport lives in ``eventbus.transports.redis`` and is imported only when asked for.
 """
 
 from ._contract import (
@@ -13,7 +13,9 @@ from ._contract import (
     Delivery,
     FailureNotes,
     Features,
+    GroupStats,
     IdleWaiting,
+    Inspection,
     Message,
     ReferencePublishing,
     Serving,
@@ -30,8 +32,10 @@ __all__ = [
     "Delivery",
     "FailureNotes",
     "Features",
+    "GroupStats",
     "IdleWaiting",
     "InMemoryTransport",
+    "Inspection",
     "Message",
     "ReferencePublishing",
     "Serving",

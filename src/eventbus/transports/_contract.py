@@ -12,7 +12,7 @@ The required contract is three protocols, each with a short job:
 
 Abilities that only some transports have are optional protocols of the connection,
 found by the bus with ``isinstance``: ``BatchPublishing``, ``DeadLetterStore``,
-``IdleWaiting``, ``Serving`` and ``ReferencePublishing``.
+``IdleWaiting``, ``Inspection``, ``Serving`` and ``ReferencePublishing``.
 
 Delivery semantics every transport guarantees (the conformance suite checks them):
 
@@ -41,7 +41,9 @@ __all__ = [
     "Delivery",
     "FailureNotes",
     "Features",
+    "GroupStats",
     "IdleWaiting",
+    "Inspection",
     "Message",
     "ReferencePublishing",
     "Serving",
@@ -154,6 +156,24 @@ class StoredDeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupStats:
+    """One group on one topic, as the transport sees it at the moment it is asked.
+
+    - ``waiting``: messages published and not yet delivered to the group (its lag).
+    - ``in_flight``: delivered to a consumer and not yet settled (pending).
+    - ``scheduled``: waiting for a retry's delay to pass.
+    - ``dead_letters``: kept among the group's dead letters.
+    """
+
+    topic: str
+    group: str
+    waiting: int
+    in_flight: int
+    scheduled: int
+    dead_letters: int
+
+
+@dataclass(frozen=True, slots=True)
 class Features:
     """What a transport guarantees beyond the common contract.
 
@@ -260,6 +280,14 @@ class IdleWaiting(Protocol):
     async def wait_idle(self) -> None:
         """Return once every group of this transport has no unfinished message
         (unread, in flight, or waiting for a retry)."""
+
+
+@runtime_checkable
+class Inspection(Protocol):
+    """Reports the state of every group: what waits, what is in flight, what failed."""
+
+    async def inspect(self) -> Sequence[GroupStats]:
+        """Every group of the transport, sorted by topic then group."""
 
 
 @runtime_checkable

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import anyio
 
 from eventbus._clock import Clock, MonotonicClock
-from eventbus._errors import ConfigurationError, PublishTimeoutError, TransportClosedError
+from eventbus._errors import ConfigurationError, TransportClosedError
 
 from ._contract import (
     NO_BYTES,
@@ -20,40 +16,16 @@ from ._contract import (
     Delivery,
     FailureNotes,
     Features,
+    GroupStats,
     Message,
     StoredDeadLetter,
     Subscription,
 )
+from ._memory_state import Group, MemoryState
 
 __all__ = ["InMemoryTransport"]
 
 _MISSING = object()
-
-
-@dataclass(eq=False)
-class _Group:
-    """One group on one topic: its ready queue, retries and waiting tasks."""
-
-    name: str
-    topic: str
-    ready: deque[Delivery] = field(default_factory=deque)
-    retries: list[tuple[float, int, Delivery]] = field(default_factory=list)
-    receivers: deque[anyio.Event] = field(default_factory=deque)
-    space: deque[anyio.Event] = field(default_factory=deque)
-
-    def wake_receiver(self) -> None:
-        while self.receivers:
-            waiter = self.receivers.popleft()
-            if not waiter.is_set():
-                waiter.set()
-                return
-
-    def wake_publisher(self) -> None:
-        while self.space:
-            waiter = self.space.popleft()
-            if not waiter.is_set():
-                waiter.set()
-                return
 
 
 class InMemoryTransport:
@@ -89,132 +61,31 @@ class InMemoryTransport:
             raise ConfigurationError("InMemoryTransport(max_queue=...) must be an int >= 1")
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ConfigurationError("InMemoryTransport(history=...) must be an int >= 0")
-        self._max_queue = max_queue
-        self._history_len = history
-        self._clock: Clock = clock or MonotonicClock()
+        self._state = MemoryState(max_queue, history, clock or MonotonicClock())
         self._serialize = serialize
-        self._groups: dict[str, dict[str, _Group]] = {}
-        self._history: dict[str, deque[tuple[str, Message, object]]] = {}
-        self._dead: list[StoredDeadLetter] = []
-        self._outstanding = 0
-        self._idle: list[anyio.Event] = []
-        self._ids = itertools.count(1)
-        self._seq = itertools.count()
 
     @property
     def features(self) -> Features:
         """History for late groups, bounded queues, nothing kept across a restart."""
-        return Features(history_for_new_groups=self._history_len > 0, bounded=True)
+        return Features(history_for_new_groups=self._state.history_len > 0, bounded=True)
 
     @property
     def clock(self) -> Clock:
         """Where retry delays are measured (the bus waits on it too)."""
-        return self._clock
+        return self._state.clock
 
     async def connect(self) -> Connection:
         """Open a connection for one bus (never fails)."""
         if self._serialize:
-            return _MemoryConnection(self)
-        return _ReferenceConnection(self)
-
-    # -- shared state, used by connections and subscriptions ------------------------
-
-    def _topic_groups(self, topic: str) -> dict[str, _Group]:
-        groups = self._groups.get(topic)
-        if groups is None:
-            groups = self._groups[topic] = {}
-            self._history[topic] = deque(maxlen=self._history_len)
-        return groups
-
-    async def _wait_for_room(self, groups: dict[str, _Group], timeout: float | None) -> None:
-        if timeout is None:
-            await self._room(groups)
-            return
-        try:
-            with anyio.fail_after(timeout):
-                await self._room(groups)
-        except TimeoutError:
-            raise PublishTimeoutError(
-                f"no room in the queue within {timeout} s (max_queue={self._max_queue})"
-            ) from None
-
-    async def _room(self, groups: dict[str, _Group]) -> None:
-        while full := [g for g in groups.values() if len(g.ready) >= self._max_queue]:
-            group, waiter = full[0], anyio.Event()
-            group.space.append(waiter)
-            try:
-                await waiter.wait()
-            except BaseException:  # timed out or cancelled: leave no stale waiter behind
-                if waiter.is_set():
-                    group.wake_publisher()  # pass on the room we were given
-                else:
-                    with contextlib.suppress(ValueError):
-                        group.space.remove(waiter)
-                raise
-
-    def _join(self, topic: str, group: str) -> _Group:
-        groups = self._topic_groups(topic)
-        state = groups.get(group)
-        if state is None:
-            state = groups[group] = _Group(group, topic)
-            for mid, message, reference in self._history[topic]:
-                state.ready.append(Delivery(mid, topic, message, reference=reference))
-                self._outstanding += 1
-        return state
-
-    def _schedule(self, group: _Group, delivery: Delivery, delay: float) -> None:
-        due = self._clock.now() + max(0.0, delay)
-        heapq.heappush(group.retries, (due, next(self._seq), delivery))
-        group.wake_receiver()
-
-    def _promote_due(self, group: _Group) -> float | None:
-        """Move due retries to the front of the queue; return the next due time."""
-        now = self._clock.now()
-        due: list[Delivery] = []
-        while group.retries and group.retries[0][0] <= now:
-            due.append(heapq.heappop(group.retries)[2])
-        group.ready.extendleft(reversed(due))
-        return group.retries[0][0] if group.retries else None
-
-    def _finish(self) -> None:
-        self._outstanding -= 1
-        if self._outstanding == 0:
-            self._wake_idle()
-
-    def _wake_idle(self) -> None:
-        for waiter in self._idle:
-            waiter.set()
-        self._idle.clear()
-
-    def _add_dead_letter(self, group: str, delivery: Delivery, notes: FailureNotes) -> None:
-        self._dead.append(
-            StoredDeadLetter(
-                id=f"dl-{next(self._ids)}",
-                message_id=delivery.id,
-                group=group,
-                topic=delivery.topic,
-                message=delivery.message,
-                attempt=delivery.attempt,
-                notes=notes,
-                reference=delivery.reference,
-            )
-        )
-        self._finish()
-
-    def _select(self, group: str | None, ids: Sequence[str] | None) -> list[StoredDeadLetter]:
-        wanted = None if ids is None else set(ids)
-        return [
-            d
-            for d in self._dead
-            if (group is None or d.group == group) and (wanted is None or d.id in wanted)
-        ]
+            return _MemoryConnection(self._state)
+        return _ReferenceConnection(self._state)
 
 
 class _MemoryConnection:
     """A bus's connection to an ``InMemoryTransport``."""
 
-    def __init__(self, transport: InMemoryTransport) -> None:
-        self._t = transport
+    def __init__(self, state: MemoryState) -> None:
+        self._s = state
         self._subs: list[_MemorySubscription] = []
         self._closed = False
 
@@ -226,22 +97,22 @@ class _MemoryConnection:
     async def _put(
         self, topic: str, message: Message, reference: object, timeout: float | None
     ) -> str:
-        t = self._t
+        s = self._s
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        groups = t._groups.get(topic)
+        groups = s.groups.get(topic)
         if groups is None:
-            groups = t._topic_groups(topic)
-        limit = t._max_queue
+            groups = s.topic_groups(topic)
+        limit = s.max_queue
         for group in groups.values():
             if len(group.ready) >= limit:
-                await t._wait_for_room(groups, timeout)
+                await s.wait_for_room(groups, timeout)
                 break
-        mid = str(next(t._ids))
-        t._history[topic].append((mid, message, reference))
+        mid = str(next(s.ids))
+        s.history[topic].append((mid, message, reference))
         for group in groups.values():
             group.ready.append(Delivery(mid, topic, message, reference=reference))
-            t._outstanding += 1
+            s.outstanding += 1
             if group.receivers:
                 group.wake_receiver()
         return mid
@@ -256,42 +127,44 @@ class _MemoryConnection:
         """Join ``group`` on ``topic`` as a new consumer (creating the group when new)."""
         if self._closed:
             raise TransportClosedError("subscribe on a closed connection")
-        sub = _MemorySubscription(self._t, self._t._join(topic, group))
+        sub = _MemorySubscription(self._s, self._s.join(topic, group))
         self._subs.append(sub)
         return sub
 
     async def wait_idle(self) -> None:
         """Return once no group of the transport has unfinished messages."""
-        while self._t._outstanding > 0:
+        while self._s.outstanding > 0:
             waiter = anyio.Event()
-            self._t._idle.append(waiter)
+            self._s.idle.append(waiter)
             await waiter.wait()
 
     async def dead_letters(self, group: str | None = None) -> Sequence[StoredDeadLetter]:
         """The dead letters of ``group`` (all groups when None), oldest first."""
-        return self._t._select(group, None)
+        return self._s.select(group, None)
 
     async def replay_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
         """Queue the chosen dead letters again for their own group, as attempt 1."""
-        chosen = self._t._select(group, ids)
+        chosen = self._s.select(group, ids)
         for dead in chosen:
-            self._t._dead.remove(dead)
-            state = self._t._topic_groups(dead.topic).get(dead.group) or self._t._join(
-                dead.topic, dead.group
-            )
+            self._s.dead.remove(dead)
+            state = self._s.join(dead.topic, dead.group)
             state.ready.append(
                 Delivery(dead.message_id, dead.topic, dead.message, reference=dead.reference)
             )
-            self._t._outstanding += 1
+            self._s.outstanding += 1
             state.wake_receiver()
         return len(chosen)
 
     async def purge_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
         """Delete the chosen dead letters."""
-        chosen = self._t._select(group, ids)
+        chosen = self._s.select(group, ids)
         for dead in chosen:
-            self._t._dead.remove(dead)
+            self._s.dead.remove(dead)
         return len(chosen)
+
+    async def inspect(self) -> Sequence[GroupStats]:
+        """Every group of the transport, sorted by topic then group."""
+        return self._s.stats()
 
     async def aclose(self) -> None:
         """Close every subscription of this connection, then the connection."""
@@ -314,8 +187,8 @@ class _ReferenceConnection(_MemoryConnection):
 class _MemorySubscription:
     """One consumer of a group on a topic."""
 
-    def __init__(self, transport: InMemoryTransport, group: _Group) -> None:
-        self._t = transport
+    def __init__(self, state: MemoryState, group: Group) -> None:
+        self._s = state
         self._group = group
         self._inflight: dict[Delivery, None] = {}
         self._waiting: set[anyio.Event] = set()
@@ -325,10 +198,11 @@ class _MemorySubscription:
         """The next delivery (due retries first), or None once closed."""
         group = self._group
         while not self._closed:
-            next_due = self._t._promote_due(group) if group.retries else None
+            next_due = self._s.promote_due(group) if group.retries else None
             if group.ready:
                 delivery = group.ready.popleft()
                 self._inflight[delivery] = None
+                group.in_flight += 1
                 if group.space:
                     group.wake_publisher()
                 return delivery
@@ -343,7 +217,7 @@ class _MemorySubscription:
             if next_due is None:
                 await waiter.wait()
             else:
-                await self._t._clock.wait(waiter, next_due)
+                await self._s.clock.wait(waiter, next_due)
         except BaseException:
             if waiter.is_set():  # woken for a message, but leaving: pass the wake-up on
                 self._group.wake_receiver()
@@ -361,27 +235,29 @@ class _MemorySubscription:
             del self._inflight[delivery]
         except KeyError:
             raise TransportClosedError(f"{delivery!r} is not in flight here") from None
+        self._group.in_flight -= 1
 
     async def ack(self, delivery: Delivery) -> None:
         """Done with the message: never delivered to this group again."""
         if self._closed or self._inflight.pop(delivery, _MISSING) is _MISSING:
             self._take(delivery)  # raises the right error
-        t = self._t
-        t._outstanding -= 1
-        if t._outstanding == 0:
-            t._wake_idle()
+        self._group.in_flight -= 1
+        s = self._s
+        s.outstanding -= 1
+        if s.outstanding == 0:
+            s.wake_idle()
 
     async def nack(self, delivery: Delivery, delay: float, notes: FailureNotes) -> None:
         """Deliver the message to the group again after ``delay`` seconds."""
         self._take(delivery)
         d = delivery
         retry = Delivery(d.id, d.topic, d.message, d.attempt + 1, notes, d.reference)
-        self._t._schedule(self._group, retry, delay)
+        self._s.schedule(self._group, retry, delay)
 
     async def dead_letter(self, delivery: Delivery, notes: FailureNotes) -> None:
         """Keep the message among the group's dead letters."""
         self._take(delivery)
-        self._t._add_dead_letter(self._group.name, delivery, notes)
+        self._s.add_dead_letter(self._group.name, delivery, notes)
 
     async def aclose(self) -> None:
         """Stop receiving; unacked deliveries go back to the front of the group's queue."""
@@ -392,6 +268,7 @@ class _MemorySubscription:
             waiter.set()
         group = self._group
         group.ready.extendleft(reversed(list(self._inflight)))
+        group.in_flight -= len(self._inflight)
         self._inflight.clear()
         if group.ready:
             group.wake_receiver()

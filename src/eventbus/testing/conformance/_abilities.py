@@ -13,6 +13,7 @@ from eventbus.transports._contract import (
     DeadLetterStore,
     FailureNotes,
     IdleWaiting,
+    Inspection,
     ReferencePublishing,
     Serving,
     Transport,
@@ -39,7 +40,8 @@ def skip_without(conn: Connection, kind: Any) -> None:
 
 
 class AbilityScenarios:
-    """Batch publishing, the dead-letter store, idle waiting, serving, references."""
+    """Batch publishing, the dead-letter store, idle waiting, inspection, serving and
+    references."""
 
     pytestmark = pytest.mark.anyio
 
@@ -126,6 +128,30 @@ class AbilityScenarios:
         await sub.dead_letter(await receive(sub), FailureNotes("retries-exhausted"))
         with anyio.fail_after(WAIT):
             await idle.wait_idle()
+
+    # -- Inspection ----------------------------------------------------------------------
+
+    async def test_inspect_counts_each_groups_messages(self, conn: Connection) -> None:
+        """inspect() counts per group what waits or is in flight, what is scheduled for a
+        retry and what was dead-lettered, sorted by topic then group."""
+        skip_without(conn, Inspection)
+        assert isinstance(conn, Inspection)
+        email = await conn.subscribe("orders", "email")
+        await conn.subscribe("orders", "audit")
+        await conn.subscribe("payments", "audit")
+        await publish_range(conn, "orders", range(4))
+        first, second, third = [await receive(email) for _ in range(3)]
+        await email.ack(first)
+        await email.nack(second, 60.0, FailureNotes("retrying"))
+        await email.dead_letter(third, FailureNotes("retries-exhausted"))
+        stats = await conn.inspect()
+        assert [(s.topic, s.group) for s in stats] == [
+            ("orders", "audit"),
+            ("orders", "email"),
+            ("payments", "audit"),
+        ]
+        counts = [(s.waiting + s.in_flight, s.scheduled, s.dead_letters) for s in stats]
+        assert counts == [(4, 0, 0), (1, 1, 1), (0, 0, 0)]
 
     # -- Serving -------------------------------------------------------------------------
 

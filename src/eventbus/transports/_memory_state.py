@@ -1,0 +1,169 @@
+"""The state an ``InMemoryTransport`` shares with its connections and subscriptions."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from eventbus._clock import Clock
+from eventbus._errors import PublishTimeoutError
+
+from ._contract import Delivery, FailureNotes, GroupStats, Message, StoredDeadLetter
+
+__all__ = ["Group", "MemoryState"]
+
+
+@dataclass(eq=False)
+class Group:
+    """One group on one topic: its ready queue, retries and waiting tasks."""
+
+    name: str
+    topic: str
+    ready: deque[Delivery] = field(default_factory=deque)
+    retries: list[tuple[float, int, Delivery]] = field(default_factory=list)
+    receivers: deque[anyio.Event] = field(default_factory=deque)
+    space: deque[anyio.Event] = field(default_factory=deque)
+    in_flight: int = 0
+
+    def wake_receiver(self) -> None:
+        """Wake one task waiting for a delivery."""
+        while self.receivers:
+            waiter = self.receivers.popleft()
+            if not waiter.is_set():
+                waiter.set()
+                return
+
+    def wake_publisher(self) -> None:
+        """Wake one publisher waiting for room."""
+        while self.space:
+            waiter = self.space.popleft()
+            if not waiter.is_set():
+                waiter.set()
+                return
+
+
+class MemoryState:
+    """Groups, history, dead letters and the count of unfinished messages of one
+    transport; its connections and subscriptions all work on it."""
+
+    def __init__(self, max_queue: int, history: int, clock: Clock) -> None:
+        self.max_queue = max_queue
+        self.history_len = history
+        self.clock = clock
+        self.groups: dict[str, dict[str, Group]] = {}
+        self.history: dict[str, deque[tuple[str, Message, object]]] = {}
+        self.dead: list[StoredDeadLetter] = []
+        self.outstanding = 0
+        self.idle: list[anyio.Event] = []
+        self.ids = itertools.count(1)
+        self._seq = itertools.count()
+
+    def topic_groups(self, topic: str) -> dict[str, Group]:
+        groups = self.groups.get(topic)
+        if groups is None:
+            groups = self.groups[topic] = {}
+            self.history[topic] = deque(maxlen=self.history_len)
+        return groups
+
+    async def wait_for_room(self, groups: dict[str, Group], timeout: float | None) -> None:
+        if timeout is None:
+            await self.room(groups)
+            return
+        try:
+            with anyio.fail_after(timeout):
+                await self.room(groups)
+        except TimeoutError:
+            raise PublishTimeoutError(
+                f"no room in the queue within {timeout} s (max_queue={self.max_queue})"
+            ) from None
+
+    async def room(self, groups: dict[str, Group]) -> None:
+        while full := [g for g in groups.values() if len(g.ready) >= self.max_queue]:
+            group, waiter = full[0], anyio.Event()
+            group.space.append(waiter)
+            try:
+                await waiter.wait()
+            except BaseException:  # timed out or cancelled: leave no stale waiter behind
+                if waiter.is_set():
+                    group.wake_publisher()  # pass on the room we were given
+                else:
+                    with contextlib.suppress(ValueError):
+                        group.space.remove(waiter)
+                raise
+
+    def join(self, topic: str, group: str) -> Group:
+        groups = self.topic_groups(topic)
+        state = groups.get(group)
+        if state is None:
+            state = groups[group] = Group(group, topic)
+            for mid, message, reference in self.history[topic]:
+                state.ready.append(Delivery(mid, topic, message, reference=reference))
+                self.outstanding += 1
+        return state
+
+    def schedule(self, group: Group, delivery: Delivery, delay: float) -> None:
+        due = self.clock.now() + max(0.0, delay)
+        heapq.heappush(group.retries, (due, next(self._seq), delivery))
+        group.wake_receiver()
+
+    def promote_due(self, group: Group) -> float | None:
+        """Move due retries to the front of the queue; return the next due time."""
+        now = self.clock.now()
+        due: list[Delivery] = []
+        while group.retries and group.retries[0][0] <= now:
+            due.append(heapq.heappop(group.retries)[2])
+        group.ready.extendleft(reversed(due))
+        return group.retries[0][0] if group.retries else None
+
+    def finish(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self.wake_idle()
+
+    def wake_idle(self) -> None:
+        for waiter in self.idle:
+            waiter.set()
+        self.idle.clear()
+
+    def add_dead_letter(self, group: str, delivery: Delivery, notes: FailureNotes) -> None:
+        self.dead.append(
+            StoredDeadLetter(
+                id=f"dl-{next(self.ids)}",
+                message_id=delivery.id,
+                group=group,
+                topic=delivery.topic,
+                message=delivery.message,
+                attempt=delivery.attempt,
+                notes=notes,
+                reference=delivery.reference,
+            )
+        )
+        self.finish()
+
+    def select(self, group: str | None, ids: Sequence[str] | None) -> list[StoredDeadLetter]:
+        wanted = None if ids is None else set(ids)
+        return [
+            d
+            for d in self.dead
+            if (group is None or d.group == group) and (wanted is None or d.id in wanted)
+        ]
+
+    def stats(self) -> list[GroupStats]:
+        """Every group, sorted by topic then group."""
+        dead: dict[tuple[str, str], int] = {}
+        for letter in self.dead:
+            key = (letter.topic, letter.group)
+            dead[key] = dead.get(key, 0) + 1
+        return [
+            GroupStats(
+                g.topic, g.name, len(g.ready), g.in_flight, len(g.retries), dead.get((t, n), 0)
+            )
+            for t, groups in sorted(self.groups.items())
+            for n, g in sorted(groups.items())
+        ]
