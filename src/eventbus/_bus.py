@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-import anyio.abc
 
-from ._clock import Clock, MonotonicClock, sleeper
+from ._clock import Clock, clock_of, sleeper
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
 from ._deadletter import DeadLetter, from_stored
-from ._delivery import Delivering, logger, run_immediate
+from ._delivery import Delivering, run_immediate
 from ._envelope import Envelope, EnvelopeFactory
 from ._errors import BusStateError, ConfigurationError, ImmediateHandlerError
 from ._event import Event
 from ._middleware import Middleware
-from ._observer import Observer, Observers, Outcome
+from ._observer import DeadLetterErrors, Observer, Observers
 from ._options import check_seconds
 from ._registry import Registry
 from ._retry import RetryPolicy
@@ -33,7 +31,6 @@ from .transports._contract import (
     IdleWaiting,
     Inspection,
     ReferencePublishing,
-    Serving,
     Transport,
 )
 from .transports.memory import InMemoryTransport
@@ -98,23 +95,20 @@ class EventBus:
         self._transport: Transport = transport if transport is not None else InMemoryTransport()
         self._codec = Codec(max_payload_bytes=max_payload_bytes)
         self._middleware: tuple[Middleware, ...] = tuple(middleware)
-        self._clock = clock or _clock_of(self._transport)
+        self._clock = clock or clock_of(self._transport)
         self._sleep = sleeper(self._clock)
         self._observers = Observers()
-        self._dead_errors = _DeadLetterErrors()
+        self._dead_errors = DeadLetterErrors()
         for observer in (self._dead_errors, *observers):
             self._observers.add(observer)
         self._registry = Registry()
         self._immediate: dict[type[Event], list[Delivering]] = {}
         self._envelopes = EnvelopeFactory()
         self._state = _State.NEW
-        self._stopping = False
         self._conn: Connection | None = None
         self._publish_to: Callable[..., Any] | None = None
         self._by_reference = False
         self._batch: BatchPublishing | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._serve_scope: anyio.CancelScope | None = None
         self._workers = Workers(self._codec, self._sleep)
 
     @property
@@ -135,7 +129,7 @@ class EventBus:
     @property
     def stopping(self) -> bool:
         """True once the bus has begun to stop: consumers take no new work."""
-        return self._stopping
+        return self._workers.stopping
 
     # -- composing -------------------------------------------------------------------
 
@@ -209,14 +203,9 @@ class EventBus:
             self._publish_to = conn.publish
             self._batch = conn if isinstance(conn, BatchPublishing) else None
         self._state = _State.RUNNING
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._serve_scope = anyio.CancelScope()
-        if isinstance(conn, Serving):
-            self._task_group.start_soon(self._serve, conn)
         try:
             engines = [self._engine(s) for s in self._registry if s.mode == "background"]
-            await self._workers.start(conn, engines, self._task_group)
+            await self._workers.start(conn, engines)
         except BaseException as exc:
             await self._close(exc)
             raise
@@ -236,71 +225,18 @@ class EventBus:
         if self._state is not _State.RUNNING:
             return
         self._state = _State.STOPPING
-        assert self._task_group is not None
-        assert self._conn is not None
-        deadline = anyio.current_time() + self._grace
-        failure: BaseException | None = None
+        conn = self._conn
+        assert conn is not None
         try:
-            if self._should_drain(exc):
-                await self._drain_before_stop(deadline)
-        except BaseException as drain_error:  # cancelled while draining: stop at once
-            failure = drain_error
-        try:
-            self._stopping = True
-            self._workers.stop()
-            self._task_group.start_soon(self._cancel_after_grace, deadline)
-            if failure is None and isinstance(exc, Exception | None):
-                await self._task_group.__aexit__(None, None, None)
-            else:
-                cause = failure or exc
-                assert cause is not None
-                await self._task_group.__aexit__(type(cause), cause, cause.__traceback__)
+            drain = not self._transport.features.survives_restart
+            await self._workers.stop(conn, exc, self._grace, drain=drain)
         finally:
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._conn.aclose()
+                    await conn.aclose()
             finally:
                 self._state = _State.CLOSED
                 self._conn = self._publish_to = self._batch = None
-        if failure is not None:
-            raise failure
-
-    def _should_drain(self, exc: BaseException | None) -> bool:
-        """Finish queued work first when the transport keeps nothing across a restart."""
-        if not self._workers or self._transport.features.survives_restart:
-            return False
-        if not isinstance(self._conn, IdleWaiting):
-            return False
-        if isinstance(exc, Exception | None):
-            return True
-        logger.warning("the bus was interrupted: events still queued in memory are not handled")
-        return False
-
-    async def _drain_before_stop(self, deadline: float) -> None:
-        assert isinstance(self._conn, IdleWaiting)
-        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
-            await self._conn.wait_idle()
-        if scope.cancelled_caught:
-            logger.warning(
-                "events still queued after the shutdown grace of %.1f s stay in the "
-                "in-memory transport; they are lost when the process exits",
-                self._grace,
-            )
-
-    async def _serve(self, conn: Serving) -> None:
-        """Run the connection's background work until the consumers have stopped."""
-        assert self._serve_scope is not None
-        with self._serve_scope:
-            await conn.serve()
-
-    async def _cancel_after_grace(self, deadline: float) -> None:
-        """Wait for the consumer loops to finish; cancel what still runs at the deadline."""
-        assert self._task_group is not None
-        if await self._workers.wait_stopped(deadline):
-            assert self._serve_scope is not None
-            self._serve_scope.cancel()
-        else:
-            self._task_group.cancel_scope.cancel()
 
     # -- publishing ------------------------------------------------------------------
 
@@ -498,25 +434,3 @@ class EventBus:
             f"{doing} needs a transport that offers {ability}; "
             f"{type(self._transport).__name__} does not"
         )
-
-
-class _DeadLetterErrors(Observer):
-    """The errors of the last 100 dead letters, without their tracebacks (so that no
-    frame, and no payload in its locals, is held)."""
-
-    def __init__(self) -> None:
-        self._errors: deque[BaseException] = deque(maxlen=100)
-
-    def on_failure(self, outcome: Outcome) -> None:
-        if outcome.action == "dead-letter" and outcome.error is not None:
-            self._errors.append(outcome.error.with_traceback(None))
-
-    def take(self) -> list[BaseException]:
-        errors = list(self._errors)
-        self._errors.clear()
-        return errors
-
-
-def _clock_of(transport: Transport) -> Clock:
-    clock = getattr(transport, "clock", None)
-    return clock if isinstance(clock, Clock) else MonotonicClock()

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "MonotonicClock", "sleeper"]
+__all__ = ["Clock", "MonotonicClock", "clock_of", "sleeper"]
 
 
 @runtime_checkable
@@ -42,3 +42,10 @@ def sleeper(clock: Clock) -> Callable[[float], Awaitable[None]]:
         await clock.wait(anyio.Event(), clock.now() + max(0.0, seconds))
 
     return sleep
+
+
+def clock_of(owner: object) -> Clock:
+    """The ``clock`` attribute of ``owner`` (a transport) when it is a ``Clock``, else
+    real time."""
+    clock = getattr(owner, "clock", None)
+    return clock if isinstance(clock, Clock) else MonotonicClock()

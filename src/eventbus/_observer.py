@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,7 +11,7 @@ from ._envelope import Envelope
 from ._errors import ConfigurationError
 from ._event import Event
 
-__all__ = ["Action", "Observer", "Observers", "Outcome"]
+__all__ = ["Action", "DeadLetterErrors", "Observer", "Observers", "Outcome"]
 
 logger = logging.getLogger("eventbus")
 
@@ -112,6 +113,25 @@ class Observers:
                 observer.on_failure(outcome)
             except Exception:
                 logger.exception("observer %r failed in on_failure", observer)
+
+
+class DeadLetterErrors(Observer):
+    """Keeps the errors of the last 100 dead letters, without their tracebacks (so that
+    no frame, and no payload in its locals, is held)."""
+
+    def __init__(self) -> None:
+        self._errors: deque[BaseException] = deque(maxlen=100)
+
+    def on_failure(self, outcome: Outcome) -> None:
+        """Keep the error of a dead letter."""
+        if outcome.action == "dead-letter" and outcome.error is not None:
+            self._errors.append(outcome.error.with_traceback(None))
+
+    def take(self) -> list[BaseException]:
+        """The kept errors, oldest first; they are forgotten."""
+        errors = list(self._errors)
+        self._errors.clear()
+        return errors
 
 
 def _overrides(observer: Observer, hook: str) -> bool:

@@ -1,4 +1,4 @@
-"""``Workers``: the consumers of one bus, started together and stopped within a grace."""
+"""``Workers``: the background work of one bus, started together and stopped within a grace."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from ._codec import Codec
 from ._consumer import Consumer
 from ._delivery import Delivering, logger
 from ._subscriber import Subscriber
-from .transports._contract import Connection
+from .transports._contract import Connection, IdleWaiting, Serving
 
 __all__ = ["Workers"]
 
 
 class Workers:
-    """One ``Consumer`` per background subscriber and event type.
+    """One ``Consumer`` per background subscriber and event type, and the connection's
+    ``serve()`` when it has one, all in one task group.
 
     The urgent and the background event types of a subscriber count their
     ``concurrency`` apart (each lane has its own limit), so an urgent event never waits
@@ -28,42 +29,95 @@ class Workers:
         self._codec = codec
         self._sleep = sleep
         self._consumers: list[Consumer] = []
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._serve_scope: anyio.CancelScope | None = None
+        self.stopping = False
 
-    def __bool__(self) -> bool:
-        return bool(self._consumers)
-
-    async def start(
-        self,
-        conn: Connection,
-        engines: Iterable[Delivering],
-        task_group: anyio.abc.TaskGroup,
-    ) -> None:
-        """Subscribe each engine's subscriber to each of its event types and start."""
+    async def start(self, conn: Connection, engines: Iterable[Delivering]) -> None:
+        """Run ``serve()`` and subscribe each engine's subscriber to each of its event
+        types. On a failure, call ``stop()`` before letting the error propagate."""
+        task_group = self._task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._serve_scope = anyio.CancelScope()
+        if isinstance(conn, Serving):
+            task_group.start_soon(self._serve, conn)
         for engine in engines:
-            limiters = _lane_limiters(engine.sub)
-            for event_type in engine.sub.event_types:
-                subscription = await conn.subscribe(event_type.event_name, engine.sub.group)
-                limiter = limiters[event_type.event_urgent]
-                consumer = Consumer(
-                    engine, subscription, event_type, self._codec, limiter, self._sleep
-                )
-                consumer.start(task_group)
-                self._consumers.append(consumer)
+            await self._subscribe(conn, engine, task_group)
 
-    def stop(self) -> None:
-        """Take no new work: idle loops exit now, busy ones after their delivery."""
+    async def _subscribe(
+        self, conn: Connection, engine: Delivering, task_group: anyio.abc.TaskGroup
+    ) -> None:
+        limiters = _lane_limiters(engine.sub)
+        for event_type in engine.sub.event_types:
+            subscription = await conn.subscribe(event_type.event_name, engine.sub.group)
+            limiter = limiters[event_type.event_urgent]
+            consumer = Consumer(engine, subscription, event_type, self._codec, limiter, self._sleep)
+            consumer.start(task_group)
+            self._consumers.append(consumer)
+
+    async def stop(
+        self, conn: Connection, exc: BaseException | None, grace: float, *, drain: bool
+    ) -> None:
+        """Stop within ``grace`` seconds: first handle what is queued when ``drain`` (a
+        transport that keeps nothing across a restart), then take no new work, let busy
+        handlers finish, and cancel what still runs at the deadline."""
+        assert self._task_group is not None
+        deadline = anyio.current_time() + grace
+        failure: BaseException | None = None
+        try:
+            if drain and isinstance(conn, IdleWaiting) and self._should_drain(exc):
+                await self._drain(conn, deadline, grace)
+        except BaseException as drain_error:  # cancelled while draining: stop at once
+            failure = drain_error
+        self.stopping = True
         for consumer in self._consumers:
             consumer.stop()
+        self._task_group.start_soon(self._cancel_after_grace, deadline)
+        if failure is None and isinstance(exc, Exception | None):
+            await self._task_group.__aexit__(None, None, None)
+        else:
+            cause = failure or exc
+            assert cause is not None
+            await self._task_group.__aexit__(type(cause), cause, cause.__traceback__)
+        if failure is not None:
+            raise failure
 
-    async def wait_stopped(self, deadline: float) -> bool:
-        """Wait for every loop to exit, until ``deadline``; whether they all did."""
+    def _should_drain(self, exc: BaseException | None) -> bool:
+        if not self._consumers:
+            return False
+        if isinstance(exc, Exception | None):
+            return True
+        logger.warning("the bus was interrupted: events still queued in memory are not handled")
+        return False
+
+    async def _drain(self, conn: IdleWaiting, deadline: float, grace: float) -> None:
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
+            await conn.wait_idle()
+        if scope.cancelled_caught:
+            logger.warning(
+                "events still queued after the shutdown grace of %.1f s stay in the "
+                "in-memory transport; they are lost when the process exits",
+                grace,
+            )
+
+    async def _serve(self, conn: Serving) -> None:
+        """Run the connection's background work until the consumers have stopped."""
+        assert self._serve_scope is not None
+        with self._serve_scope:
+            await conn.serve()
+
+    async def _cancel_after_grace(self, deadline: float) -> None:
+        """Wait for the consumer loops to finish; cancel what still runs at the deadline."""
+        assert self._task_group is not None
+        assert self._serve_scope is not None
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             for consumer in self._consumers:
                 await consumer.wait_stopped()
         if all(consumer.stopped for consumer in self._consumers):
-            return True
+            self._serve_scope.cancel()
+            return
         logger.warning("handlers still running at the end of the shutdown grace were cancelled")
-        return False
+        self._task_group.cancel_scope.cancel()
 
 
 def _lane_limiters(sub: Subscriber) -> dict[bool, anyio.CapacityLimiter | None]:
