@@ -228,3 +228,25 @@ async def test_capture_adds_no_middleware_and_keeps_publish_order() -> None:
             assert bus.middleware == ()
             await bus.publish(UserBanned(user_id="u-1"))
     assert [type(e).__name__ for e in published] == ["UserBanned", "OrderPaid"]
+
+
+async def test_observers_see_the_traceback_of_a_dead_letters_error() -> None:
+    """The bus's own memory of dead-letter errors drops tracebacks after observers ran."""
+    tracebacks: list[bool] = []
+
+    class Tracebacks(Observer):
+        def on_failure(self, outcome: Outcome) -> None:
+            tracebacks.append(outcome.error is not None and outcome.error.__traceback__ is not None)
+
+    bus = EventBus(observers=[Tracebacks()])
+
+    @bus.subscribe(retry=RetryPolicy.none())
+    async def handle(event: OrderCreated) -> None:
+        raise ValueError("bad order")
+
+    async with bus:
+        bus.add_observer(Tracebacks())  # added after the start: still before the bus's own
+        await bus.publish(OrderCreated(order_id="o-1"))
+        await drain(bus, reraise=False)
+    assert tracebacks == [True, True]
+    assert bus.take_dead_letter_errors() == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventbus import EventBus, InMemoryTransport, PayloadTooLargeError
+from eventbus import EventBus, InMemoryTransport, Middleware, PayloadTooLargeError
 from eventbus.testing import drain
 from tests.events import LineItem, OrderCreated
 
@@ -53,3 +53,24 @@ async def test_the_default_transport_passes_events_by_reference_unchecked() -> N
         await drain(bus)
     assert handled == [order]
     assert handled[0] is order
+
+
+async def test_a_batch_is_checked_whole_before_the_middleware_sends_any() -> None:
+    """With middleware too, publish_many encodes every event before the first is sent."""
+
+    bus = EventBus(
+        transport=InMemoryTransport(serialize=True),
+        max_payload_bytes=100,
+        middleware=[Middleware()],
+    )
+    handled: list[str] = []
+
+    @bus.subscribe()
+    async def handle(event: OrderCreated) -> None:
+        handled.append(event.order_id)
+
+    async with bus:
+        with pytest.raises(PayloadTooLargeError):
+            await bus.publish_many([OrderCreated(order_id="small"), big_order()])
+        await drain(bus)
+    assert handled == []

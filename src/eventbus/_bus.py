@@ -97,9 +97,9 @@ class EventBus:
         self._middleware: tuple[Middleware, ...] = tuple(middleware)
         self._clock = clock or clock_of(self._transport)
         self._sleep = sleeper(self._clock)
-        self._observers = Observers()
         self._dead_errors = DeadLetterErrors()
-        for observer in (self._dead_errors, *observers):
+        self._observers = Observers(last=self._dead_errors)
+        for observer in observers:
             self._observers.add(observer)
         self._registry = Registry()
         self._immediate: dict[type[Event], list[Delivering]] = {}
@@ -266,7 +266,7 @@ class EventBus:
             raise self._not_running()
         envelope = self._envelopes.make(event, headers, correlation_id, causation_id)
         if self._middleware:
-            await self._publish_through(0, event, envelope, timeout, True)
+            await self._publish_through(0, event, envelope, None, timeout, True)
             return envelope
         if self._by_reference:
             await publish_to(envelope.name, (event, envelope), timeout=timeout)
@@ -300,11 +300,13 @@ class EventBus:
         self._open_connection()
         make = self._envelopes.make
         batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
+        items = [self._pack(event, envelope) for event, envelope in batch]  # all checked
         if self._middleware:
-            for event, envelope in batch:
-                await self._publish_through(0, event, envelope, timeout, False)
+            for (event, envelope), item in zip(batch, items, strict=True):
+                await self._publish_through(0, event, envelope, item, timeout, False)
         else:
-            await self._send_batch([(env.name, self._pack(e, env)) for e, env in batch], timeout)
+            topics = [envelope.name for _, envelope in batch]
+            await self._send_batch(list(zip(topics, items, strict=True)), timeout)
             for event, envelope in batch:
                 self._observers.published_event(event, envelope)
         first: ImmediateHandlerError | None = None
@@ -336,19 +338,24 @@ class EventBus:
         index: int,
         event: Event,
         envelope: Envelope,
+        item: object,
         timeout: float | None,
         with_immediate: bool,
     ) -> None:
+        """The middleware chain around one publish; ``item`` is what the transport gets
+        (None: made at the end of the chain)."""
         if index < len(self._middleware):
 
             async def call_next() -> None:
-                await self._publish_through(index + 1, event, envelope, timeout, with_immediate)
+                args = (event, envelope, item, timeout, with_immediate)
+                await self._publish_through(index + 1, *args)
 
             await self._middleware[index].on_publish(event, envelope, call_next)
             return
         self._open_connection()
         assert self._publish_to is not None
-        await self._publish_to(envelope.name, self._pack(event, envelope), timeout=timeout)
+        item = self._pack(event, envelope) if item is None else item
+        await self._publish_to(envelope.name, item, timeout=timeout)
         self._observers.published_event(event, envelope)
         immediate = self._immediate.get(type(event))
         if with_immediate and immediate:

@@ -71,25 +71,33 @@ class Observer:
 class Observers:
     """The bus's observers, sorted by the hooks they override (for the hot paths)."""
 
-    __slots__ = ("failure", "outcome", "published")
+    __slots__ = ("_added", "_last", "failure", "outcome", "published")
 
-    def __init__(self) -> None:
+    def __init__(self, last: Observer) -> None:
+        self._added: tuple[Observer, ...] = ()
+        self._last = last
+        """Told after every added observer (it may change what it is told)."""
         self.published: tuple[Observer, ...] = ()
         self.outcome: tuple[Observer, ...] = ()
         self.failure: tuple[Observer, ...] = ()
+        self._sort()
 
     def add(self, observer: Observer) -> None:
         """Add an observer (after the others)."""
         if not isinstance(observer, Observer):
             raise ConfigurationError(f"an observer must be an eventbus.Observer, not {observer!r}")
-        for name in self.__slots__:
-            if _overrides(observer, f"on_{name}"):
-                setattr(self, name, (*getattr(self, name), observer))
+        self._added = (*self._added, observer)
+        self._sort()
 
     def remove(self, observer: Observer) -> None:
         """Remove an observer (nothing happens when it is not there)."""
-        for name in self.__slots__:
-            setattr(self, name, tuple(o for o in getattr(self, name) if o is not observer))
+        self._added = tuple(o for o in self._added if o is not observer)
+        self._sort()
+
+    def _sort(self) -> None:
+        every = (*self._added, self._last)
+        for name in ("failure", "outcome", "published"):
+            setattr(self, name, tuple(o for o in every if _overrides(o, f"on_{name}")))
 
     def published_event(self, event: Event, envelope: Envelope) -> None:
         """Tell the observers of publishes."""
@@ -117,7 +125,8 @@ class Observers:
 
 class DeadLetterErrors(Observer):
     """Keeps the errors of the last 100 dead letters, without their tracebacks (so that
-    no frame, and no payload in its locals, is held)."""
+    no frame, and no payload in its locals, is held). Told last: other observers still
+    see the traceback."""
 
     def __init__(self) -> None:
         self._errors: deque[BaseException] = deque(maxlen=100)
