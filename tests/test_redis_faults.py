@@ -318,6 +318,31 @@ async def test_second_worker_takes_over_the_pending_events_of_a_dead_one(
 # -- 3. a poison event that kills its worker -------------------------------------------
 
 
+async def restart_until_accounted_for(
+    scene: Scenario, wanted: Iterable[str], **env: str
+) -> tuple[Worker, int]:
+    """Run a worker named ``w``, restarting it each time it crashes, until every order in
+    ``wanted`` is done or dead-lettered; return the last worker and the crash count."""
+    wanted = set(wanted)
+    worker = await scene.start_worker("w", **env)
+    crashes = 0
+
+    async def accounted_for() -> set[str]:
+        letters = {body_order(d) for d in await scene.dead_letters()}
+        return set(scene.ledger.done()) | letters
+
+    async def finished_or_crashed() -> bool:
+        return worker.exited() or wanted <= await accounted_for()
+
+    while True:
+        await scene.wait(finished_or_crashed, 20, "the worker to crash or finish")
+        if not worker.exited():
+            return worker, crashes
+        crashes += 1
+        assert crashes <= 5, f"the poison keeps killing workers\n{await scene.report()}"
+        worker = await scene.start_worker("w", **env)
+
+
 async def test_process_crashing_event_ends_in_the_dead_letters_as_poison(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -325,23 +350,7 @@ async def test_process_crashing_event_ends_in_the_dead_letters_as_poison(
     async with scenario(redis_server, tmp_path, EVENTBUS_TEST_DELIVERY_LIMIT="3") as scene:
         normal = orders("o", 500)
         await scene.publish(*normal[:250], "crash-1", *normal[250:])
-        worker = await scene.start_worker("w")
-        crashes = 0
-
-        async def accounted_for() -> set[str]:
-            letters = {body_order(d) for d in await scene.dead_letters()}
-            return set(scene.ledger.done()) | letters
-
-        async def finished_or_crashed() -> bool:
-            return worker.exited() or {*normal, "crash-1"} <= await accounted_for()
-
-        while True:
-            await scene.wait(finished_or_crashed, 20, "the worker to crash or finish")
-            if not worker.exited():
-                break
-            crashes += 1
-            assert crashes <= 5, f"the poison keeps killing workers\n{await scene.report()}"
-            worker = await scene.start_worker("w")
+        worker, crashes = await restart_until_accounted_for(scene, [*normal, "crash-1"])
 
         dead = await scene.dead_letters()
         await scene.settle(set(normal) - {body_order(d) for d in dead})
@@ -350,6 +359,33 @@ async def test_process_crashing_event_ends_in_the_dead_letters_as_poison(
     assert scene.ledger.count("start")["crash-1"] == 3
     assert [(body_order(d), d.reason) for d in dead] == [("crash-1", "poison")]
     scene.assert_duplicates_within(3 * 8)
+
+
+async def test_slow_events_in_flight_beside_a_crashing_one_are_not_dead_lettered(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Slow events in flight at each crash are redelivered one at a time: only the one
+    that kills its worker reaches the delivery limit and becomes poison."""
+    async with scenario(
+        redis_server,
+        tmp_path,
+        EVENTBUS_TEST_DELIVERY_LIMIT="3",
+        EVENTBUS_TEST_CONCURRENCY="4",
+        EVENTBUS_TEST_SLOW="1",
+        EVENTBUS_TEST_HANDLER_TIMEOUT="10",
+    ) as scene:
+        slow, normal = orders("slow", 3), orders("o", 20)
+        await scene.publish(*slow, "crash-1", *normal)  # one read takes all four at once
+        worker, crashes = await restart_until_accounted_for(scene, [*slow, "crash-1", *normal])
+
+        dead = await scene.dead_letters()
+        await scene.settle({*slow, *normal} - {body_order(d) for d in dead})
+        assert not worker.exited()
+    assert crashes == 3
+    assert [(body_order(d), d.reason) for d in dead] == [("crash-1", "poison")]
+    starts, done = scene.ledger.count("start"), scene.ledger.done()
+    assert all(starts[order] == 2 for order in slow)  # cut by the first crash, then alone
+    assert all(done[order] == 1 for order in [*slow, *normal])
 
 
 # -- 4. Redis killed and restarted -------------------------------------------------
