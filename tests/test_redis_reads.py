@@ -215,8 +215,7 @@ async def kill_blocked_ackers(admin: Any) -> None:
 async def test_acks_cut_off_with_their_read_are_sent_again(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """The read carrying an ack is killed before Redis applies the ack: the ack is sent
-    again, so drain() ends long before the claim timeout and nothing is handled twice."""
+    """An ack whose read is killed before Redis applies it is sent again, not left to expire."""
     keys = prefix()
     transport = RedisTransport(redis_server.url, prefix=keys, claim_timeout=120, block=30)
     bus = EventBus(transport=transport)
@@ -241,8 +240,7 @@ async def test_acks_cut_off_with_their_read_are_sent_again(
 async def test_acks_cut_off_in_a_flush_are_sent_again(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """drain()'s flush of an ack is killed before Redis applies it: the ack is sent again,
-    so drain() ends long before the claim timeout and nothing is handled twice."""
+    """An ack whose flush in drain() is killed before Redis applies it is sent again."""
     keys = prefix()
     transport = RedisTransport(redis_server.url, prefix=keys, claim_timeout=120, block=30)
     bus = EventBus(transport=transport)
