@@ -29,3 +29,8 @@ class TestSerializingInMemoryTransport(TransportConformance):
     def transport(self) -> InMemoryTransport:
         """A fresh in-memory transport that copies messages as bytes."""
         return InMemoryTransport(serialize=True)
+
+    @pytest.fixture
+    def bounded_transport(self) -> InMemoryTransport:
+        """A serializing in-memory transport with a tiny queue."""
+        return InMemoryTransport(max_queue=BOUNDED_CAPACITY, serialize=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def demo() -> tuple[str, float]:
-    """The demo's output, and how long it took."""
-    started = time.monotonic()
+def demo() -> str:
+    """The demo's output (``run`` fails it after 60 s: a guard against a hang)."""
     result = run("demo")
     assert result.returncode == 0, result.stderr
-    return result.stdout, time.monotonic() - started
+    return result.stdout
 
 
 def timeline(out: str) -> list[tuple[str, str, str, str, str]]:
@@ -46,10 +44,10 @@ def timeline(out: str) -> list[tuple[str, str, str, str, str]]:
 
 
 def test_the_demo_shows_every_event_with_its_group_retries_and_dead_letter(
-    demo: tuple[str, float],
+    demo: str,
 ) -> None:
     """Each of the seven events is published and handled; one mail is dead-lettered."""
-    rows = timeline(demo[0])
+    rows = timeline(demo)
     published = {event for event, _, _, _, outcome in rows if outcome.startswith("published")}
     assert published == {
         "UserRegistered",
@@ -74,17 +72,17 @@ def test_the_demo_shows_every_event_with_its_group_retries_and_dead_letter(
     ]
 
 
-def test_the_demo_follows_one_order_by_its_correlation_id(demo: tuple[str, float]) -> None:
+def test_the_demo_follows_one_order_by_its_correlation_id(demo: str) -> None:
     """Ben's order, its stock alert and its failed payment share one correlation id."""
-    rows = timeline(demo[0])
+    rows = timeline(demo)
     low = next(row for row in rows if row[0] == "StockLow")
     flow = {event for event, correlation, *_ in rows if correlation == low[1]}
     assert flow == {"OrderCreated", "StockLow", "PaymentFailed"}
 
 
-def test_the_demo_prints_aligned_columns_without_colour(demo: tuple[str, float]) -> None:
+def test_the_demo_prints_aligned_columns_without_colour(demo: str) -> None:
     """Every timeline row starts its columns at the header's offsets; no escape codes."""
-    out = demo[0]
+    out = demo
     assert "\033[" not in out
     header = next(line for line in out.splitlines() if line.strip().startswith("ms  event"))
     starts = [header.index(title) for title in ("event", "correlation", "group")]
@@ -94,9 +92,9 @@ def test_the_demo_prints_aligned_columns_without_colour(demo: tuple[str, float])
         assert all(line[start - 2 : start] == "  " and line[start] != " " for start in starts)
 
 
-def test_the_demo_ends_with_the_final_state_in_a_few_seconds(demo: tuple[str, float]) -> None:
-    """The summary shows each module's outcome; the whole demo is quick."""
-    out, seconds = demo
+def test_the_demo_ends_with_the_final_state(demo: str) -> None:
+    """The summary shows each module's outcome."""
+    out = demo
     summary = out.split("Final state", 1)[1]
     assert re.search(r"Ada +o-\w+ +40\.00 EUR +paid +shipment sh-\w+ ready to pick", summary)
     assert re.search(r"Ben +o-\w+ +49\.90 EUR +cancelled +insufficient funds", summary)
@@ -107,7 +105,6 @@ def test_the_demo_ends_with_the_final_state_in_a_few_seconds(demo: tuple[str, fl
     assert "4 users, 3 orders, 1 paid (40.00), 1 payment failed, 2 reviews, 1 ban" in summary
     assert "Mallory: POST /orders/" in out
     assert "-> 403 Forbidden" in out
-    assert seconds < 20
 
 
 @pytest.mark.parametrize(

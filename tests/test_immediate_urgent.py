@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from eventbus import Context, EventBus, ImmediateHandlerError, RetryPolicy
@@ -84,19 +85,18 @@ async def test_all_immediate_handlers_run_even_when_one_fails() -> None:
 
 
 async def test_urgent_event_does_not_wait_behind_a_background_backlog() -> None:
-    """With 10,000 background events queued in a group, an urgent one is handled first."""
+    """With 10,000 background events queued for a subscriber, its urgent one goes first."""
     bus = EventBus()
     background_done = 0
     done_when_urgent_ran: list[int] = []
 
     @bus.subscribe(group="auth")
-    async def slow_background(event: OrderCreated) -> None:
+    async def on_event(event: OrderCreated | UserBanned) -> None:
         nonlocal background_done
-        background_done += 1
-
-    @bus.subscribe(group="auth")
-    async def on_ban(event: UserBanned) -> None:
-        done_when_urgent_ran.append(background_done)
+        if isinstance(event, UserBanned):
+            done_when_urgent_ran.append(background_done)
+        else:
+            background_done += 1
 
     async with bus:
         for i in range(10_000):
@@ -105,6 +105,34 @@ async def test_urgent_event_does_not_wait_behind_a_background_backlog() -> None:
         await drain(bus)
     assert background_done == 10_000
     assert done_when_urgent_ran[0] < 200
+
+
+async def test_urgent_event_does_not_wait_for_the_subscribers_busy_background_handler() -> None:
+    """Concurrency 1: an urgent event is handled while the background handler is blocked."""
+    bus = EventBus()
+    order_started, release = anyio.Event(), anyio.Event()
+    handled: list[str] = []
+
+    @bus.subscribe(group="auth", concurrency=1)
+    async def on_event(event: OrderCreated | UserBanned) -> None:
+        if isinstance(event, OrderCreated):
+            order_started.set()
+            await release.wait()
+            handled.append(event.order_id)
+        else:
+            handled.append(event.user_id)
+
+    async with bus:
+        await bus.publish(OrderCreated(order_id="o-1"))
+        with anyio.fail_after(5):
+            await order_started.wait()
+        await bus.publish(UserBanned(user_id="u-1"))
+        await anyio.wait_all_tasks_blocked()
+        handled_while_blocked = list(handled)
+        release.set()
+        await drain(bus)
+    assert handled_while_blocked == ["u-1"]
+    assert handled == ["u-1", "o-1"]
 
 
 async def test_immediate_handler_without_context_gets_exactly_max_attempts() -> None:

@@ -289,33 +289,76 @@ async def test_worker_killed_mid_handler_resumes_under_the_same_name(
 # -- 2. a worker killed for good ----------------------------------------------------
 
 
+async def holders(scene: Scenario, wanted: Iterable[str]) -> dict[str, str]:
+    """The consumer of the group that holds each pending entry of the ``wanted`` orders."""
+    wanted = set(wanted)
+    entries = await scene.admin.xrange(scene.stream)
+    order_of = {i: json.loads(f[b"payload"])["order_id"] for i, f in entries}
+    rows = await scene.admin.xpending_range(scene.stream, GROUP, "-", "+", 10_000)
+    return {
+        order_of[row["message_id"]]: row["consumer"].decode()
+        for row in rows
+        if order_of.get(row["message_id"]) in wanted
+    }
+
+
 async def test_second_worker_takes_over_the_pending_events_of_a_dead_one(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """A worker killed for good: another one claims its entries after the claim timeout."""
+    """A worker killed for good: another claims its entries once idle, not while it lived."""
     async with scenario(redis_server, tmp_path, EVENTBUS_TEST_CLAIM_TIMEOUT="1.5") as scene:
         dead = await scene.start_worker(
             "a", EVENTBUS_TEST_SLOW="30", EVENTBUS_TEST_HANDLER_TIMEOUT="60"
         )
         slow, normal = orders("slow", 4), orders("o", 100)
-        await scene.publish(*slow, *normal)
+        await scene.publish(*slow)
         await scene.wait(
             lambda: set(slow) <= set(scene.ledger.count("start")), 20, "4 slow handlers"
         )
+        heir = await scene.start_worker("b", EVENTBUS_TEST_SLOW="0.1")
+        await scene.publish(*normal)  # the four loops of "a" are busy: "b" reads these
+        await scene.wait(
+            lambda: any(pid == heir.pid for kind, _, pid in scene.ledger.lines() if kind == "done"),
+            20,
+            "the heir to handle events (its first read follows a pass of claims)",
+        )
+        held_while_alive = await holders(scene, slow)
 
         dead.kill()
-        started = anyio.current_time()
-        heir = await scene.start_worker("b", EVENTBUS_TEST_SLOW="0.1")
         await scene.settle([*slow, *normal], timeout=20)
         dead_letters = await scene.dead_letters()
-        took = anyio.current_time() - started
+    assert held_while_alive == dict.fromkeys(slow, "a")  # renewed: not idle, not claimed
     assert all(scene.ledger.pids("done", order) == [heir.pid] for order in slow)
-    assert took >= 1.0  # taken over once idle past the claim timeout (renewed every 0.5 s)
     scene.assert_duplicates_within(8)
     assert dead_letters == []
 
 
 # -- 3. a poison event that kills its worker -------------------------------------------
+
+
+async def restart_until_accounted_for(
+    scene: Scenario, wanted: Iterable[str], **env: str
+) -> tuple[Worker, int]:
+    """Run a worker named ``w``, restarting it each time it crashes, until every order in
+    ``wanted`` is done or dead-lettered; return the last worker and the crash count."""
+    wanted = set(wanted)
+    worker = await scene.start_worker("w", **env)
+    crashes = 0
+
+    async def accounted_for() -> set[str]:
+        letters = {body_order(d) for d in await scene.dead_letters()}
+        return set(scene.ledger.done()) | letters
+
+    async def finished_or_crashed() -> bool:
+        return worker.exited() or wanted <= await accounted_for()
+
+    while True:
+        await scene.wait(finished_or_crashed, 20, "the worker to crash or finish")
+        if not worker.exited():
+            return worker, crashes
+        crashes += 1
+        assert crashes <= 5, f"the poison keeps killing workers\n{await scene.report()}"
+        worker = await scene.start_worker("w", **env)
 
 
 async def test_process_crashing_event_ends_in_the_dead_letters_as_poison(
@@ -325,23 +368,7 @@ async def test_process_crashing_event_ends_in_the_dead_letters_as_poison(
     async with scenario(redis_server, tmp_path, EVENTBUS_TEST_DELIVERY_LIMIT="3") as scene:
         normal = orders("o", 500)
         await scene.publish(*normal[:250], "crash-1", *normal[250:])
-        worker = await scene.start_worker("w")
-        crashes = 0
-
-        async def accounted_for() -> set[str]:
-            letters = {body_order(d) for d in await scene.dead_letters()}
-            return set(scene.ledger.done()) | letters
-
-        async def finished_or_crashed() -> bool:
-            return worker.exited() or {*normal, "crash-1"} <= await accounted_for()
-
-        while True:
-            await scene.wait(finished_or_crashed, 20, "the worker to crash or finish")
-            if not worker.exited():
-                break
-            crashes += 1
-            assert crashes <= 5, f"the poison keeps killing workers\n{await scene.report()}"
-            worker = await scene.start_worker("w")
+        worker, crashes = await restart_until_accounted_for(scene, [*normal, "crash-1"])
 
         dead = await scene.dead_letters()
         await scene.settle(set(normal) - {body_order(d) for d in dead})
@@ -350,6 +377,32 @@ async def test_process_crashing_event_ends_in_the_dead_letters_as_poison(
     assert scene.ledger.count("start")["crash-1"] == 3
     assert [(body_order(d), d.reason) for d in dead] == [("crash-1", "poison")]
     scene.assert_duplicates_within(3 * 8)
+
+
+async def test_slow_events_in_flight_beside_a_crashing_one_are_not_dead_lettered(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Slow events in flight at a crash are redelivered one by one: only the crasher is poison."""
+    async with scenario(
+        redis_server,
+        tmp_path,
+        EVENTBUS_TEST_DELIVERY_LIMIT="3",
+        EVENTBUS_TEST_CONCURRENCY="4",
+        EVENTBUS_TEST_SLOW="1",
+        EVENTBUS_TEST_HANDLER_TIMEOUT="10",
+    ) as scene:
+        slow, normal = orders("slow", 3), orders("o", 20)
+        await scene.publish(*slow, "crash-1", *normal)  # one read takes all four at once
+        worker, crashes = await restart_until_accounted_for(scene, [*slow, "crash-1", *normal])
+
+        dead = await scene.dead_letters()
+        await scene.settle({*slow, *normal} - {body_order(d) for d in dead})
+        assert not worker.exited()
+    assert crashes == 3
+    assert [(body_order(d), d.reason) for d in dead] == [("crash-1", "poison")]
+    starts, done = scene.ledger.count("start"), scene.ledger.done()
+    assert all(starts[order] == 2 for order in slow)  # cut by the first crash, then alone
+    assert all(done[order] == 1 for order in [*slow, *normal])
 
 
 # -- 4. Redis killed and restarted -------------------------------------------------
@@ -556,18 +609,18 @@ async def stored_copies(scene: Scenario, order: str) -> int:
 
 
 async def publish_through_a_stall(scene: Scenario, order: str) -> BaseException:
-    """Publish with a 0.5 s timeout while Redis stalls; return the error it raised."""
-    started = anyio.current_time()
-    with pytest.raises((PublishOutcomeUnknownError, PublishTimeoutError)) as raised:
-        await scene.bus.publish(OrderCreated(order_id=order), timeout=0.5)
-    assert anyio.current_time() - started < 0.9
+    """Publish with a 0.5 s timeout while Redis stalls for 2 s; return the error it raised
+    (a publish that waited the stall out would succeed, and fail this check)."""
+    with anyio.fail_after(30):  # a guard against a hang, not a bound on speed
+        with pytest.raises((PublishOutcomeUnknownError, PublishTimeoutError)) as raised:
+            await scene.bus.publish(OrderCreated(order_id=order), timeout=0.5)
     return raised.value
 
 
 async def test_publish_times_out_clearly_while_clients_are_paused(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """CLIENT PAUSE 2000 WRITE: publish(timeout=0.5) says the outcome is unknown, in time."""
+    """CLIENT PAUSE 2000 WRITE: publish(timeout=0.5) raises that the outcome is unknown."""
     async with scenario(redis_server, tmp_path) as scene:
         await scene.start_worker("w")
         await scene.publish("warm-up")  # the publish connection is open: the XADD is sent
@@ -592,7 +645,7 @@ async def test_publish_times_out_clearly_while_clients_are_paused(
 async def test_publish_times_out_clearly_while_redis_sleeps(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """DEBUG SLEEP 2 from another process: publish(timeout=0.5) fails in time, no duplicate."""
+    """DEBUG SLEEP 2 from another process: publish(timeout=0.5) raises, no duplicate."""
     cli = str(Path(redis_server.binary).with_name("redis-cli"))
     async with scenario(redis_server, tmp_path) as scene:
         await scene.start_worker("w")

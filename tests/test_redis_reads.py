@@ -1,4 +1,4 @@
-"""The Redis consumer: RESP3, stream caps, refused acks, closing while blocked, leases."""
+"""The Redis consumer: RESP3, stream caps, refused or lost acks, closing while blocked, leases."""
 
 from __future__ import annotations
 
@@ -192,4 +192,83 @@ async def test_a_subscription_closed_while_its_acks_travel_sends_them_again(
             await sub.aclose()
     finally:
         await conn.aclose()
+    assert (await redis_admin.xpending(f"{keys}:{{OrderPaid}}", "mail"))["pending"] == 0
+
+
+async def blocked_ackers(admin: Any) -> list[int]:
+    """Ids of the clients whose XACK is held (by CLIENT PAUSE WRITE)."""
+    clients = await admin.client_list()
+    return [int(c["id"]) for c in clients if c["cmd"] == "xack" and "b" in c["flags"]]
+
+
+async def kill_blocked_ackers(admin: Any) -> None:
+    """Wait for a client's XACK to be held by the pause, then kill every such client."""
+
+    async def held() -> bool:
+        return bool(await blocked_ackers(admin))
+
+    await wait_for(held, 10, "an XACK to be held by the pause")
+    for client_id in await blocked_ackers(admin):
+        await admin.client_kill_filter(_id=client_id)
+
+
+async def test_acks_cut_off_with_their_read_are_sent_again(
+    redis_server: RedisServer, redis_admin: Any
+) -> None:
+    """An ack whose read is killed before Redis applies it is sent again, not left to expire."""
+    keys = prefix()
+    transport = RedisTransport(redis_server.url, prefix=keys, claim_timeout=120, block=30)
+    bus = EventBus(transport=transport)
+    handled: list[str] = []
+
+    @bus.subscribe(group="mail")
+    async def send(event: OrderPaid) -> None:
+        handled.append(event.order_id)
+        await redis_admin.client_pause(10_000, all=False)  # the next read, with the ack, waits
+
+    async with bus:
+        try:
+            await bus.publish(OrderPaid(order_id="o-1"))
+            await kill_blocked_ackers(redis_admin)
+        finally:
+            await redis_admin.client_unpause()
+        await drain(bus, timeout=10)  # the claim timeout is 120 s
+    assert handled == ["o-1"]
+    assert (await redis_admin.xpending(f"{keys}:{{OrderPaid}}", "mail"))["pending"] == 0
+
+
+async def test_acks_cut_off_in_a_flush_are_sent_again(
+    redis_server: RedisServer, redis_admin: Any
+) -> None:
+    """An ack whose flush in drain() is killed before Redis applies it is sent again."""
+    keys = prefix()
+    transport = RedisTransport(redis_server.url, prefix=keys, claim_timeout=120, block=30)
+    bus = EventBus(transport=transport)
+    handled: list[str] = []
+    started, release = anyio.Event(), anyio.Event()
+
+    @bus.subscribe(group="mail", concurrency=2)
+    async def send(event: OrderPaid) -> None:
+        started.set()
+        await release.wait()
+        handled.append(event.order_id)
+
+    async def reading() -> bool:
+        clients = await redis_admin.client_list()
+        return any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients)
+
+    async with bus:
+        await bus.publish(OrderPaid(order_id="o-1"))
+        await wait_for(lambda: started.is_set(), 10, "the handler to start")
+        await wait_for(reading, 10, "the other loop to block in a read")  # without the ack
+        await redis_admin.client_pause(10_000, all=False)
+        try:
+            release.set()  # the ack is queued; drain() flushes it on a connection of the pool
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(drain, bus)
+                await kill_blocked_ackers(redis_admin)
+                await redis_admin.client_unpause()
+        finally:
+            await redis_admin.client_unpause()
+    assert handled == ["o-1"]
     assert (await redis_admin.xpending(f"{keys}:{{OrderPaid}}", "mail"))["pending"] == 0
