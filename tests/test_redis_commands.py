@@ -10,15 +10,15 @@ from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
 from eventbus.transports import Message
-from eventbus.transports._redis_acks import AckQueue
-from eventbus.transports._redis_commands import (
+from eventbus.transports.redis._acks import AckQueue
+from eventbus.transports.redis._commands import (
     XaddCommand,
     XreadgroupCommand,
     ack_commands,
     resp_command,
 )
-from eventbus.transports._redis_entries import entry_message, read_entries
-from eventbus.transports._redis_scripts import (
+from eventbus.transports.redis._entries import entry_message, read_entries
+from eventbus.transports.redis._scripts import (
     DEAD_LETTER,
     DL_ATTEMPT,
     DL_NOTES,

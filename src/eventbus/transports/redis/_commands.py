@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ._protocol import HEADER_FIELDS, Message
-from ._redis_scripts import PAYLOAD, Keys
+from eventbus.transports._contract import HEADER_FIELDS, Message
+
+from ._scripts import PAYLOAD, Keys
 
 __all__ = ["XaddCommand", "XreadgroupCommand", "ack_commands", "resp_arg", "resp_command"]
 
@@ -38,9 +39,7 @@ class XaddCommand:
         self._heads: dict[str, tuple[int, bytes]] = {}  # topic: (argument count, packed)
 
     def pack(self, topic: str, message: Message) -> bytes:
-        """The XADD of one message; reads ``message.body`` first (a lazy message encodes
-        then, and an event too large fails before anything else is done)."""
-        body = message.body
+        """The XADD of one message: its headers, then its body as ``payload``."""
         head = self._heads.get(topic)
         if head is None:
             head = self._heads[topic] = self._head(topic)
@@ -50,7 +49,7 @@ class XaddCommand:
             parts.append(resp_arg(value.encode()))
             count += 2
         parts.append(_PACKED_PAYLOAD)
-        parts.append(resp_arg(bytes(body)))
+        parts.append(resp_arg(message.body))
         return b"*%d\r\n%b" % (count, b"".join(parts))
 
     def _head(self, topic: str) -> tuple[int, bytes]:
