@@ -79,13 +79,9 @@ class XreadgroupCommand:
 def ack_commands(group: str, batch: Mapping[str, list[str]], redeliver: str) -> list[bytes]:
     """XACK of each stream's ids, and XDEL of those from the ``redeliver`` stream."""
     commands = []
-    packed_group = resp_arg(group.encode())
     for key, ids in batch.items():
-        packed_key = resp_arg(key.encode())
-        packed_ids = b"".join([resp_arg(i.encode()) for i in ids])
-        commands.append(
-            b"*%d\r\n$4\r\nXACK\r\n%b%b%b" % (len(ids) + 3, packed_key, packed_group, packed_ids)
-        )
+        raw_key, raw_ids = key.encode(), [i.encode() for i in ids]
+        commands.append(resp_command([b"XACK", raw_key, group.encode(), *raw_ids]))
         if key == redeliver:
-            commands.append(b"*%d\r\n$4\r\nXDEL\r\n%b%b" % (len(ids) + 2, packed_key, packed_ids))
+            commands.append(resp_command([b"XDEL", raw_key, *raw_ids]))
     return commands

@@ -19,7 +19,7 @@ from eventbus.transports._contract import Message, StoredDeadLetter
 from ._commands import XaddCommand
 from ._dead_letters import DeadLetterStreams
 from ._links import ensure_connected, round_trip
-from ._state import CONNECTION_ERRORS, RedisState, Settings, logger, wrapped
+from ._state import RedisState, Settings, logger, wrapped
 from ._subscription import RedisSubscription
 
 __all__ = ["RedisConnection"]
@@ -94,7 +94,7 @@ class RedisConnection:
             try:
                 replies = await self._attempt(packed, len(commands), sent)
                 break
-            except CONNECTION_ERRORS as exc:  # before anything was sent: safe to try again
+            except self.state.connection_errors as exc:  # nothing was sent: safe to repeat
                 if sent or anyio.current_time() >= give_up:
                     raise TransportError("cannot reach Redis to publish") from exc
             await self.state.back_off(backoff, "publishing")
@@ -116,7 +116,7 @@ class RedisConnection:
         try:
             sent.append(True)  # from here on, Redis may have the commands
             return await round_trip(conn, packed, count)
-        except CONNECTION_ERRORS as exc:
+        except self.state.connection_errors as exc:
             await conn.disconnect()
             raise PublishOutcomeUnknownError(
                 "the connection to Redis broke after the event was sent; "
@@ -168,7 +168,7 @@ class RedisConnection:
                 backoff.reset()
                 await anyio.sleep(_IDLE_POLL)  # Redis has no idle notification: poll
             except TransportError as exc:
-                if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                if not isinstance(exc.__cause__, self.state.connection_errors):
                     raise
                 await self.state.back_off(backoff, "waiting for the groups to finish")
 

@@ -26,16 +26,10 @@ from eventbus._errors import TransportError
 from ._links import Links
 from ._scripts import CLAIM_IDS, DEAD_LETTER, IDLE, PROMOTE, REPLAY, RETRY, Keys
 
-__all__ = ["CONNECTION_ERRORS", "RedisState", "Scripts", "Settings", "logger", "wrapped"]
+__all__ = ["RedisState", "Scripts", "Settings", "logger", "wrapped"]
 
 logger = logging.getLogger("eventbus.redis")
 
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-)
-"""The failures that mean Redis could not be reached (worth trying again)."""
 
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
@@ -86,7 +80,12 @@ class RedisState:
     (publishing, reads, acks).
     """
 
-    connection_errors = CONNECTION_ERRORS
+    connection_errors: tuple[type[BaseException], ...] = (
+        RedisConnectionError,
+        RedisTimeoutError,
+        OSError,
+    )
+    """The failures that mean Redis could not be reached (worth trying again)."""
 
     def __init__(self, settings: Settings, consumer: str) -> None:
         self.settings = settings
@@ -137,7 +136,7 @@ class RedisState:
         while True:
             try:
                 return await self.register_group(topic, group)
-            except CONNECTION_ERRORS:
+            except self.connection_errors:
                 if backoff.failures >= _GROUP_ATTEMPTS:
                     raise
                 await self.back_off(backoff, "creating a group")

@@ -17,7 +17,7 @@ from ._acks import AckQueue
 from ._commands import XreadgroupCommand
 from ._entries import Fields, RedisDelivery, entry_delivery, read_entries
 from ._links import ensure_connected, round_trip
-from ._state import CONNECTION_ERRORS, RedisState, logger
+from ._state import RedisState, logger
 from ._suspects import Slot, Suspects, transport_notes
 
 __all__ = ["RedisSubscription"]
@@ -103,7 +103,7 @@ class RedisSubscription:
                 self._group,
                 self._keys.stream,
             )
-        except CONNECTION_ERRORS:
+        except self._state.connection_errors:
             await self._state.back_off(self._read_backoff, "reading")
 
     async def _fetch(self) -> None:
@@ -222,7 +222,7 @@ class RedisSubscription:
             try:
                 await call()
                 break
-            except CONNECTION_ERRORS:
+            except self._state.connection_errors:
                 if self._closed:
                     raise
                 await self._state.back_off(backoff, "settling a delivery")
