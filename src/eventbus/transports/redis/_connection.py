@@ -213,14 +213,7 @@ class RedisConnection:
             ]
         except ResponseError:  # CONFIG not allowed for this user: nothing to check
             return
-        if policy and policy != "noeviction":
-            logger.warning(
-                "Redis maxmemory-policy is %s: it may evict streams; use noeviction", policy
-            )
-        if aof != "yes" and not save:
-            logger.warning(
-                "Redis persists nothing (appendonly no, no save): a restart loses events"
-            )
+        _warn_about(policy, aof, save)
 
     async def aclose(self) -> None:
         """Close the subscriptions (handing back held entries), then the client."""
@@ -241,6 +234,14 @@ async def _closed_quietly(sub: RedisSubscription) -> None:
         await sub.aclose()
     except Exception:  # one subscription's failure must not keep the others open
         logger.exception("closing the Redis subscription of %s failed", sub.group)
+
+
+def _warn_about(policy: str, aof: str, save: str) -> None:
+    """Warn when Redis may evict streams or keeps nothing on disk."""
+    if policy and policy != "noeviction":
+        logger.warning("Redis maxmemory-policy is %s: it may evict streams; use noeviction", policy)
+    if aof != "yes" and not save:
+        logger.warning("Redis persists nothing (appendonly no, no save): a restart loses events")
 
 
 def _first(reply: Mapping[Any, Any]) -> str:

@@ -144,8 +144,12 @@ class RedisSubscription:
             raise
         finally:
             acks.sending = {}
+        self._take_replies(batch, replies)
+
+    def _take_replies(self, batch: dict[str, list[str]], replies: list[Any]) -> None:
+        """Hold the entries read; raise when Redis refused the read or the acks (kept)."""
         *ack_replies, read_reply = replies
-        refused = acks.check(batch, ack_replies)
+        refused = self._acks.check(batch, ack_replies)
         if isinstance(read_reply, ResponseError):
             raise read_reply
         for key, entry_id, fields in read_entries(read_reply):
