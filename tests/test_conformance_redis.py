@@ -7,6 +7,14 @@ import secrets
 import pytest
 
 from eventbus.testing.conformance import TransportConformance
+from eventbus.transports import (
+    BatchPublishing,
+    Connection,
+    DeadLetterStore,
+    IdleWaiting,
+    ReferencePublishing,
+    Serving,
+)
 from eventbus.transports.redis import RedisTransport
 from tests.redis_server import RedisServer
 
@@ -26,3 +34,10 @@ class TestRedisTransport(TransportConformance):
         return RedisTransport(
             redis_server.url, prefix=f"t{secrets.token_hex(4)}", claim_timeout=1.0, block=0.2
         )
+
+    async def test_the_connection_offers_its_abilities(self, conn: Connection) -> None:
+        """Batch publishing, dead letters, idle waiting and serving, so that the ability
+        scenarios run rather than skip; no references (Redis carries bytes only)."""
+        for ability in (BatchPublishing, DeadLetterStore, IdleWaiting, Serving):
+            assert isinstance(conn, ability), ability.__name__
+        assert not isinstance(conn, ReferencePublishing)

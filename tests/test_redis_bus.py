@@ -244,14 +244,14 @@ async def test_entry_deleted_while_pending_becomes_a_dead_letter(
 ) -> None:
     """An entry XDEL'd while a dead consumer held it is recorded as a 'deleted' letter."""
     conn = await transport.connect()
-    stream = conn.settings.prefix + ":{orders}"
+    stream = transport._settings.prefix + ":{orders}"
     sub = await conn.subscribe("orders", "g")
     entry = await conn.publish("orders", Message(b"{}", {"i": "1"}))
     assert await sub.receive() is not None
     admin = aioredis.Redis.from_url(redis_server.url)
     await admin.xdel(stream, entry)
     await admin.aclose()
-    other = RedisTransport(redis_server.url, prefix=conn.settings.prefix, claim_timeout=0.05)
+    other = RedisTransport(redis_server.url, prefix=transport._settings.prefix, claim_timeout=0.05)
     async with EventBus(transport=other) as bus:
         taker = await bus._open_connection().subscribe("orders", "g")
         with anyio.fail_after(10):

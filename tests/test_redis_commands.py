@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from eventbus.transports import Message
-from eventbus.transports._redis_acks import AckQueue
-from eventbus.transports._redis_commands import (
+from eventbus.transports import FailureNotes, Message
+from eventbus.transports.redis._acks import AckQueue
+from eventbus.transports.redis._commands import (
     XaddCommand,
     XreadgroupCommand,
     ack_commands,
     resp_command,
 )
-from eventbus.transports._redis_entries import entry_message, read_entries
-from eventbus.transports._redis_scripts import (
+from eventbus.transports.redis._entries import entry_message, read_entries, read_notes
+from eventbus.transports.redis._scripts import (
     DEAD_LETTER,
     DL_ATTEMPT,
     DL_NOTES,
@@ -137,3 +139,74 @@ def test_ack_queue_takes_puts_back_and_keeps_refused_batches() -> None:
     assert isinstance(error, ResponseError)
     assert acks.refused
     assert acks.take() == {keys.stream: ["1-1", "1-2"], keys.redeliver: ["2-1"]}
+
+
+def test_notes_stored_before_the_typed_notes_are_still_read() -> None:
+    """JSON notes as earlier versions wrote them (a dict of strings) read back as
+    FailureNotes; missing keys are empty; unreadable or absent notes are None."""
+    old = (
+        '{"reason": "retries-exhausted", "handler": "h", "error_type": "builtins.ValueError",'
+        ' "error_message": "no stock", "traceback": "tb", "first_failed_at": "t1",'
+        ' "last_failed_at": "t2"}'
+    )
+    expected = FailureNotes(
+        "retries-exhausted", "builtins.ValueError", "no stock", "h", "tb", "t1", "t2"
+    )
+    assert read_notes(old) == expected
+    assert read_notes('{"reason": "poison"}') == FailureNotes("poison")
+    assert read_notes("") is None
+    assert read_notes("not json") is None
+    assert read_notes("[1, 2]") is None
+
+
+class BrokenLink:
+    """A connected link on which every send fails, as when Redis goes away."""
+
+    is_connected = True
+    _reader = None
+
+    def __init__(self) -> None:
+        self.disconnected = False
+
+    async def check_health(self) -> None:
+        """Healthy until something is sent."""
+
+    async def send_packed_command(self, packed: bytes, check_health: bool = True) -> None:
+        """Fails: the connection broke."""
+        raise RedisConnectionError("Connection reset by peer")
+
+    async def disconnect(self, nowait: bool = False) -> None:
+        """Remembers that the link was closed."""
+        self.disconnected = True
+
+
+class OneLink:
+    """Links that hand out one given link and note its return."""
+
+    def __init__(self, link: BrokenLink) -> None:
+        self.link = link
+        self.given_back = False
+
+    def take(self) -> BrokenLink:
+        """The one link."""
+        return self.link
+
+    async def give_back(self, link: BrokenLink) -> None:
+        """Notes the return."""
+        self.given_back = True
+
+
+@pytest.mark.anyio
+async def test_ack_queue_flush_puts_back_acks_whose_round_trip_failed() -> None:
+    """A flush whose link breaks raises, queues the acks again and closes the link."""
+    keys = Keys.of("pre", "OrderCreated", "email")
+    acks = AckQueue(keys, "email")
+    acks.add(keys.stream, "1-1")
+    acks.add(keys.redeliver, "2-1")
+    link = BrokenLink()
+    links: Any = OneLink(link)
+    with pytest.raises(RedisConnectionError):
+        await acks.flush(links)
+    assert links.given_back
+    assert link.disconnected
+    assert acks.take() == {keys.stream: ["1-1"], keys.redeliver: ["2-1"]}

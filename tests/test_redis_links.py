@@ -14,9 +14,9 @@ from eventbus import (
     PublishTimeoutError,
     TransportClosedError,
 )
-from eventbus.transports._redis_commands import resp_command
-from eventbus.transports._redis_links import Links, ensure_connected, round_trip
 from eventbus.transports.redis import RedisTransport
+from eventbus.transports.redis._commands import resp_command
+from eventbus.transports.redis._links import Links, ensure_connected, round_trip
 from tests.events import OrderCreated
 from tests.redis_server import RedisServer
 from tests.waiting import wait_for
@@ -116,7 +116,7 @@ async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unkno
     transport = RedisTransport(redis_server.url, prefix=prefix)
     async with EventBus(transport=transport) as bus:
         await bus.publish(OrderCreated(order_id="o-1"))
-        links: Links = bus._conn.links  # type: ignore[union-attr]
+        links: Links = bus._conn.state.links  # type: ignore[union-attr]
         (spare,) = links._spare
         killed = await redis_admin.client_kill_filter(_type="normal", skipme=True)
         assert killed >= 1
@@ -135,7 +135,7 @@ async def test_timed_out_publishes_do_not_pile_up_connections(
     errors: list[type[Exception]] = []
     async with EventBus(transport=transport) as bus:
         await bus.publish(OrderCreated(order_id="o-0"))
-        links: Links = bus._conn.links  # type: ignore[union-attr]
+        links: Links = bus._conn.state.links  # type: ignore[union-attr]
         await redis_admin.client_pause(500)  # every command waits half a second
         for i in range(5):
             with pytest.raises((PublishTimeoutError, PublishOutcomeUnknownError)) as caught:

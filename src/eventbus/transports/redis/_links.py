@@ -4,7 +4,7 @@ redis-py's pool checks every connection it hands out by trying a read with a zer
 timeout, which costs an event-loop turn per command. Publishing and each consumer's
 reads instead keep their own connections, made with the pool's settings (address,
 login, TLS, database, timeouts) but never handed out by it, and send commands already
-packed in Redis's wire protocol (``_redis_commands``).
+packed in Redis's wire protocol (``_commands``).
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 from redis.exceptions import ResponseError
 
-from ._redis_commands import ack_commands
-from ._redis_scripts import Keys
+from ._commands import ack_commands
+from ._links import Links, ensure_connected, round_trip
+from ._scripts import Keys
 
 __all__ = ["AckQueue"]
 
@@ -74,24 +76,31 @@ class AckQueue:
         self.refused = True
         return refused[0]
 
-    async def flush(self, client: Any) -> None:
-        """Send the queued acks in one round trip of ``client``; raises when Redis
-        refuses them (they are kept) or cannot be reached (they are put back)."""
-        batch = self.take()
-        if not batch:
+    async def flush(self, links: Links) -> None:
+        """Send the queued acks in one round trip on a connection of ``links``; raises
+        when Redis refuses them (they are kept) or cannot be reached (they are put back).
+        """
+        if not any(self._queued.values()):
             self.refused = False
             return
-        pipe = client.pipeline(transaction=False)
-        for key, ids in batch.items():
-            pipe.xack(key, self._group, *ids)
-            if key == self._keys.redeliver:
-                pipe.xdel(key, *ids)
+        link = links.take()
         try:
-            replies = await pipe.execute(raise_on_error=False)
-        except BaseException:
-            self.put_back(batch)
-            raise
+            await ensure_connected(link)  # fails before anything is sent
+            batch = self.take()
+            replies = await self._send(link, batch) if batch else []  # another took it
+        finally:
+            await links.give_back(link)
         error = self.check(batch, replies)
         if error is not None:
             raise error
         self.refused = False
+
+    async def _send(self, link: Any, batch: Batch) -> list[Any]:
+        commands = self.commands(batch)
+        try:
+            return await round_trip(link, b"".join(commands), len(commands))
+        except BaseException:
+            self.put_back(batch)  # it may not have arrived: XACK and XDEL repeat harmlessly
+            with anyio.CancelScope(shield=True):
+                await link.disconnect(nowait=True)  # a late reply must not reach the next
+            raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "ACK",
     "CLAIM_IDS",
     "DEAD_LETTER",
     "DL_ATTEMPT",
@@ -73,13 +72,6 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-"""
-
-# KEYS: source stream. ARGV: group, entry id, delete (1 when source is a redeliver stream)
-ACK = """
-local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
-return n
 """
 
 # KEYS: source stream, retry zset. ARGV: group, entry id, delete, delay ms, attempt,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ._protocol import HEADER_FIELDS, Message
-from ._redis_scripts import PAYLOAD, Keys
+from eventbus.transports._contract import HEADER_FIELDS, Message
+
+from ._scripts import PAYLOAD, Keys
 
 __all__ = ["XaddCommand", "XreadgroupCommand", "ack_commands", "resp_arg", "resp_command"]
 
@@ -38,9 +39,7 @@ class XaddCommand:
         self._heads: dict[str, tuple[int, bytes]] = {}  # topic: (argument count, packed)
 
     def pack(self, topic: str, message: Message) -> bytes:
-        """The XADD of one message; reads ``message.body`` first (a lazy message encodes
-        then, and an event too large fails before anything else is done)."""
-        body = message.body
+        """The XADD of one message: its headers, then its body as ``payload``."""
         head = self._heads.get(topic)
         if head is None:
             head = self._heads[topic] = self._head(topic)
@@ -50,7 +49,7 @@ class XaddCommand:
             parts.append(resp_arg(value.encode()))
             count += 2
         parts.append(_PACKED_PAYLOAD)
-        parts.append(resp_arg(bytes(body)))
+        parts.append(resp_arg(message.body))
         return b"*%d\r\n%b" % (count, b"".join(parts))
 
     def _head(self, topic: str) -> tuple[int, bytes]:
@@ -80,13 +79,9 @@ class XreadgroupCommand:
 def ack_commands(group: str, batch: Mapping[str, list[str]], redeliver: str) -> list[bytes]:
     """XACK of each stream's ids, and XDEL of those from the ``redeliver`` stream."""
     commands = []
-    packed_group = resp_arg(group.encode())
     for key, ids in batch.items():
-        packed_key = resp_arg(key.encode())
-        packed_ids = b"".join([resp_arg(i.encode()) for i in ids])
-        commands.append(
-            b"*%d\r\n$4\r\nXACK\r\n%b%b%b" % (len(ids) + 3, packed_key, packed_group, packed_ids)
-        )
+        raw_key, raw_ids = key.encode(), [i.encode() for i in ids]
+        commands.append(resp_command([b"XACK", raw_key, group.encode(), *raw_ids]))
         if key == redeliver:
-            commands.append(b"*%d\r\n$4\r\nXDEL\r\n%b%b" % (len(ids) + 2, packed_key, packed_ids))
+            commands.append(resp_command([b"XDEL", raw_key, *raw_ids]))
     return commands

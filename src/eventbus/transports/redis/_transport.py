@@ -1,8 +1,4 @@
-"""``RedisTransport``: events over Redis Streams with consumer groups.
-
-Needs the ``redis`` extra (``pip install "eventbus[redis]"``); importing ``eventbus``
-alone never imports redis. Runs on asyncio (redis-py's asyncio client).
-"""
+"""``RedisTransport``: the options, checked; each ``connect()`` opens a ``RedisConnection``."""
 
 from __future__ import annotations
 
@@ -16,9 +12,10 @@ from redis.exceptions import RedisError
 
 from eventbus._errors import ConfigurationError, TransportError
 from eventbus._options import check_count, check_seconds
+from eventbus.transports._contract import Features
 
-from ._protocol import Features
-from ._redis_connection import RedisConnection, Settings
+from ._connection import RedisConnection
+from ._state import Settings
 
 __all__ = ["RedisTransport"]
 

@@ -6,10 +6,19 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ._protocol import HEADER_FIELDS, Delivery, Message
-from ._redis_scripts import META_ATTEMPT, META_NOTES, META_ORIGIN, PAYLOAD
+from eventbus.transports._contract import HEADER_FIELDS, Delivery, FailureNotes, Message
 
-__all__ = ["Fields", "RedisDelivery", "entry_delivery", "entry_message", "read_entries", "text"]
+from ._scripts import META_ATTEMPT, META_NOTES, META_ORIGIN, PAYLOAD
+
+__all__ = [
+    "Fields",
+    "RedisDelivery",
+    "entry_delivery",
+    "entry_message",
+    "read_entries",
+    "read_notes",
+    "text",
+]
 
 _PAYLOAD = PAYLOAD.encode()
 
@@ -28,7 +37,7 @@ class RedisDelivery(Delivery):
         topic: str,
         message: Message,
         attempt: int,
-        notes: Mapping[str, str],
+        notes: FailureNotes | None,
         entry_id: str,
         from_redeliver: bool,
         stream: str,
@@ -85,17 +94,20 @@ def entry_delivery(
 ) -> RedisDelivery:
     """The delivery of one entry; a redeliver entry carries its attempt, notes and origin."""
     message, meta = entry_message(fields)
-    notes: Mapping[str, str] = {}
-    if from_redeliver and meta.get(META_NOTES):
-        try:
-            loaded = json.loads(meta[META_NOTES])
-            notes = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            notes = {}
+    notes = read_notes(meta.get(META_NOTES, "")) if from_redeliver else None
     attempt_text = meta.get(META_ATTEMPT, "1") if from_redeliver else "1"
     attempt = int(attempt_text) if attempt_text.isdigit() else 1
     origin = meta.get(META_ORIGIN, entry_id) if from_redeliver else entry_id
     return RedisDelivery(origin, topic, message, attempt, notes, entry_id, from_redeliver, stream)
+
+
+def read_notes(stored: str) -> FailureNotes | None:
+    """Notes kept as JSON by ``FailureNotes.as_dict``; None when absent or unreadable."""
+    try:
+        loaded = json.loads(stored) if stored else None
+    except ValueError:
+        return None
+    return FailureNotes.from_dict(loaded) if isinstance(loaded, dict) else None
 
 
 def read_entries(reply: Any) -> Iterator[tuple[str, str, Fields]]:

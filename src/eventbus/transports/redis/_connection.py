@@ -1,0 +1,250 @@
+"""A bus's connection to Redis: publish, subscribe, wait, dead letters, leases."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+from redis.exceptions import RedisError, ResponseError
+
+from eventbus._errors import (
+    PublishOutcomeUnknownError,
+    PublishTimeoutError,
+    TransportClosedError,
+    TransportError,
+)
+from eventbus.transports._contract import Message, StoredDeadLetter
+
+from ._commands import XaddCommand
+from ._dead_letters import DeadLetterStreams
+from ._links import ensure_connected, round_trip
+from ._state import RedisState, Settings, logger, wrapped
+from ._subscription import RedisSubscription
+
+__all__ = ["RedisConnection"]
+
+_IDLE_POLL = 0.02  # seconds between looks while waiting for the groups to finish
+
+
+class RedisConnection:
+    """One bus's link to Redis: its own client (connection pool) and consumer name.
+
+    Offers, beside the required ``Connection``: ``BatchPublishing`` (``publish_many``),
+    ``DeadLetterStore``, ``IdleWaiting`` (``wait_idle``) and ``Serving`` (``serve``
+    keeps the leases of held entries).
+    """
+
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        self.state = RedisState(settings, consumer)
+        self._links = self.state.links
+        self._xadd = XaddCommand(settings.prefix, settings.maxlen)
+        self._dead = DeadLetterStreams(self.state)
+        self._subs: list[RedisSubscription] = []
+        self._closed = False
+
+    # -- publishing ----------------------------------------------------------------
+
+    async def publish(self, topic: str, message: Message, *, timeout: float | None = None) -> str:
+        """XADD the message to the topic's stream; return the entry id.
+
+        Raises ``PublishOutcomeUnknownError`` when the command was sent but no reply came
+        (the event may or may not be stored), ``PublishTimeoutError`` when Redis could not
+        be reached within ``timeout``, ``TransportError`` for other failures.
+        """
+        if self._closed:
+            raise TransportClosedError("publish on a closed connection")
+        command = self._xadd.pack(topic, message)
+        (reply,) = await self._send_with_timeout([command], timeout)
+        return reply
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, Message]], *, timeout: float | None = None
+    ) -> list[str]:
+        """XADD every message in one round trip (a pipeline, not a transaction)."""
+        if self._closed:
+            raise TransportClosedError("publish on a closed connection")
+        commands = [self._xadd.pack(topic, message) for topic, message in items]
+        return await self._send_with_timeout(commands, timeout) if commands else []
+
+    async def _send_with_timeout(self, commands: list[bytes], timeout: float | None) -> list[str]:
+        sent: list[bool] = []
+        if timeout is None:
+            return await self._send(commands, sent)
+        try:
+            with anyio.fail_after(timeout):
+                return await self._send(commands, sent)
+        except TimeoutError:
+            if sent:
+                raise PublishOutcomeUnknownError(
+                    f"Redis did not confirm within {timeout} s after the event was sent; "
+                    "it may or may not be stored"
+                ) from None
+            raise PublishTimeoutError(
+                f"Redis did not accept the event within {timeout} s"
+            ) from None
+
+    async def _send(self, commands: list[bytes], sent: list[bool]) -> list[str]:
+        """Send the commands, trying again (with backoff) while Redis cannot be reached
+        and nothing was sent, for ``publish_retry_for`` seconds."""
+        backoff = self.state.backoff()
+        give_up = anyio.current_time() + self.state.settings.publish_retry_for
+        packed = b"".join(commands)
+        while True:
+            try:
+                replies = await self._attempt(packed, len(commands), sent)
+                break
+            except self.state.connection_errors as exc:  # nothing was sent: safe to repeat
+                if sent or anyio.current_time() >= give_up:
+                    raise TransportError("cannot reach Redis to publish") from exc
+            await self.state.back_off(backoff, "publishing")
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise TransportError(f"Redis refused an event: {reply}")
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+
+    async def _attempt(self, packed: bytes, count: int, sent: list[bool]) -> list[Any]:
+        """One try on a link; a connection error means nothing was sent."""
+        conn = self._links.take()  # raises once the connection is closed
+        try:
+            await ensure_connected(conn)
+            return await self._send_on(conn, packed, count, sent)
+        finally:
+            await self._links.give_back(conn)
+
+    async def _send_on(self, conn: Any, packed: bytes, count: int, sent: list[bool]) -> list[Any]:
+        try:
+            sent.append(True)  # from here on, Redis may have the commands
+            return await round_trip(conn, packed, count)
+        except self.state.connection_errors as exc:
+            await conn.disconnect()
+            raise PublishOutcomeUnknownError(
+                "the connection to Redis broke after the event was sent; "
+                "it may or may not be stored"
+            ) from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect()  # a late reply must not reach the next command
+            raise
+
+    # -- subscribing ---------------------------------------------------------------
+
+    async def subscribe(self, topic: str, group: str) -> RedisSubscription:
+        """Create the group (from the stream's start) when missing and join it."""
+        if self._closed:
+            raise TransportClosedError("subscribe on a closed connection")
+        sub = RedisSubscription(self.state, topic, group)
+        async with wrapped("creating a consumer group"):
+            await self.state.join(topic, group)
+        self._subs.append(sub)
+        return sub
+
+    # -- background work -----------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Keep the leases of held entries: XCLAIM them to ourselves every so often."""
+        while not self._closed:
+            await anyio.sleep(self.state.settings.claim_timeout / 3)
+            for sub in list(self._subs):
+                try:
+                    await self.state.renew(sub.held_entries(), sub.group)
+                except (RedisError, OSError) as exc:
+                    logger.warning("could not renew the leases of %s: %s", sub.group, exc)
+
+    # -- waiting and dead letters ----------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        """Poll until every known group has no unread, pending or scheduled entry.
+
+        Rides out connection failures (with backoff); other Redis errors raise
+        ``TransportError``.
+        """
+        backoff = self.state.backoff()
+        while True:
+            try:
+                async with wrapped("waiting for the groups to finish"):
+                    if await self._idle():
+                        return
+                backoff.reset()
+                await anyio.sleep(_IDLE_POLL)  # Redis has no idle notification: poll
+            except TransportError as exc:
+                if not isinstance(exc.__cause__, self.state.connection_errors):
+                    raise
+                await self.state.back_off(backoff, "waiting for the groups to finish")
+
+    async def _idle(self) -> bool:
+        """Send every subscription's acks, then look at each group (one script each)."""
+        for sub in self._subs:
+            await sub.flush_acks()
+        for topic, group in await self.state.groups():
+            keys = self.state.keys(topic, group)
+            idle = await self.state.scripts.idle(
+                keys=[keys.stream, keys.redeliver, keys.retry], args=[group]
+            )
+            if not idle:
+                return False
+        return True
+
+    async def dead_letters(self, group: str | None = None) -> list[StoredDeadLetter]:
+        """Every dead letter of ``group`` (all groups when None), oldest first."""
+        async with wrapped("listing dead letters"):
+            return await self._dead.listed(group)
+
+    async def replay_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
+        """Move dead letters back to their group's redeliver stream as attempt 1."""
+        async with wrapped("replaying dead letters"):
+            return await self._dead.replay(group, ids)
+
+    async def purge_dead_letters(self, group: str | None, ids: Sequence[str] | None) -> int:
+        """XDEL the chosen dead letters."""
+        async with wrapped("purging dead letters"):
+            return await self._dead.purge(group, ids)
+
+    # -- opening and closing -----------------------------------------------------------
+
+    async def check_server(self) -> None:
+        """Warn when Redis may evict streams or keeps nothing on disk."""
+        client = self.state.client
+        await client.ping()  # raises when Redis is unreachable or refuses the login
+        try:
+            policy, aof, save = [
+                _first(await client.config_get(name))
+                for name in ("maxmemory-policy", "appendonly", "save")
+            ]
+        except ResponseError:  # CONFIG not allowed for this user: nothing to check
+            return
+        _warn_about(policy, aof, save)
+
+    async def aclose(self) -> None:
+        """Close the subscriptions (handing back held entries), then the client."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                for sub in self._subs:
+                    await _closed_quietly(sub)
+            finally:
+                self._subs.clear()
+                await self.state.aclose()
+
+
+async def _closed_quietly(sub: RedisSubscription) -> None:
+    try:
+        await sub.aclose()
+    except Exception:  # one subscription's failure must not keep the others open
+        logger.exception("closing the Redis subscription of %s failed", sub.group)
+
+
+def _warn_about(policy: str, aof: str, save: str) -> None:
+    """Warn when Redis may evict streams or keeps nothing on disk."""
+    if policy and policy != "noeviction":
+        logger.warning("Redis maxmemory-policy is %s: it may evict streams; use noeviction", policy)
+    if aof != "yes" and not save:
+        logger.warning("Redis persists nothing (appendonly no, no save): a restart loses events")
+
+
+def _first(reply: Mapping[Any, Any]) -> str:
+    for value in reply.values():
+        return value.decode() if isinstance(value, bytes) else str(value)
+    return ""

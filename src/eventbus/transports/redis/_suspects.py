@@ -1,0 +1,151 @@
+"""Suspects: entries a consumer takes that were delivered before, one of which may have
+killed its worker."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Container, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from eventbus.transports._contract import FailureNotes
+
+from ._entries import Fields, text
+from ._state import RedisState, logger
+
+__all__ = ["Slot", "Suspects", "transport_notes"]
+
+Slot = tuple[str, str]
+"""Where an entry is held: (stream key, entry id); ids repeat across streams."""
+
+
+def transport_notes(reason: str, message: str) -> FailureNotes:
+    """Dead-letter notes for a reason the transport itself decided."""
+    now = datetime.now(UTC).isoformat()
+    return FailureNotes(reason, error_message=message, first_failed_at=now, last_failed_at=now)
+
+
+class Suspects:
+    """The suspects of one consumer of a group, in the order they are handed out.
+
+    Suspects are this consumer name's own pending entries after a restart (listed once)
+    and entries idle past the claim timeout (their consumer died; looked for every
+    quarter of it). They are found without raising their delivery count; ``take``
+    counts one more delivery just before the entry is handed out alone, so that a crash
+    counts against the entry that caused it only. Entries deleted from the stream while
+    pending are recorded as dead letters with the reason ``deleted``.
+    """
+
+    def __init__(self, state: RedisState, topic: str, group: str, held: Container[Slot]) -> None:
+        self._state = state
+        self._topic = topic
+        self._group = group
+        self._keys = state.keys(topic, group)
+        self._held = held
+        self._queue: deque[Slot] = deque()
+        self._own_listed = False
+        self._last_look = float("-inf")
+        self.out: Slot | None = None
+        """The suspect being handled; nothing else is handed out meanwhile."""
+        self.done = anyio.Event()
+        """Set once ``out`` is settled (or the subscription closes)."""
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def __iter__(self) -> Iterator[Slot]:
+        return iter(self._queue)
+
+    def clear(self) -> None:
+        """Forget the suspects not taken yet (the group takes them over)."""
+        self._queue.clear()
+
+    async def look(self, now: float) -> None:
+        """List this consumer's own pending entries (once), and every quarter of the
+        claim timeout take over the entries of dead consumers."""
+        if not self._own_listed:
+            await self._list_own()
+        if now - self._last_look >= self._state.settings.claim_timeout / 4:
+            self._last_look = now
+            for key in (self._keys.stream, self._keys.redeliver):
+                await self._claim_stale(key)
+
+    async def _list_own(self) -> None:
+        """What this consumer name held before a restart (without re-reading it)."""
+        for key in (self._keys.stream, self._keys.redeliver):
+            rows = await self._state.client.xpending_range(
+                key, self._group, min="-", max="+", count=10_000, consumername=self._state.consumer
+            )
+            self._add(key, [text(r["message_id"]) for r in rows])
+        self._own_listed = True
+
+    async def _claim_stale(self, key: str) -> None:
+        """Take over entries of ``key`` idle past the claim timeout, a page at a time."""
+        cursor = "0-0"
+        while True:
+            cursor, ids, deleted = await self._claim_page(key, cursor)
+            if deleted:
+                await self._lost(key, deleted)
+            self._add(key, ids)
+            if cursor == "0-0" or len(self._queue) >= self._state.settings.prefetch:
+                return
+
+    async def _claim_page(self, key: str, cursor: str) -> tuple[str, list[str], list[str]]:
+        """XAUTOCLAIM ... JUSTID: the next cursor, the ids taken, the ids deleted."""
+        state, settings = self._state, self._state.settings
+        idle_ms = int(settings.claim_timeout * 1000)
+        args: list[Any] = [self._group, state.consumer, idle_ms, cursor, settings.prefetch]
+        reply = await state.scripts.claim_ids(keys=[key], args=args)
+        deleted = reply[2] if len(reply) > 2 else []
+        return text(reply[0]), [text(i) for i in reply[1]], [text(i) for i in deleted]
+
+    def _add(self, key: str, ids: list[str]) -> None:
+        known = set(self._queue)
+        for slot in ((key, i) for i in ids):
+            if slot not in known and slot not in self._held:
+                self._queue.append(slot)
+
+    async def take(self) -> tuple[str, str, Fields, int] | None:
+        """XCLAIM the next suspect, counting one more delivery: (stream key, entry id,
+        fields, deliveries). None when it was settled meanwhile or deleted."""
+        key, entry_id = self._queue.popleft()
+        client = self._state.client
+        claimed = await client.xclaim(key, self._group, self._state.consumer, 0, [entry_id])
+        live = [fields for _, fields in claimed or [] if fields is not None]
+        if not live:  # settled meanwhile by another consumer, or deleted from the stream
+            if not await client.xrange(key, entry_id, entry_id):
+                await self._lost(key, [entry_id])
+            return None
+        rows = await client.xpending_range(key, self._group, min=entry_id, max=entry_id, count=1)
+        count = int(rows[0]["times_delivered"]) if rows else 1
+        return key, entry_id, live[0], count
+
+    def hand_out(self, slot: Slot) -> None:
+        """``slot`` is handed out: nothing else until it is settled."""
+        self.out = slot
+        self.done = anyio.Event()
+
+    def settled(self, slot: Slot) -> None:
+        """A delivery was settled; when it was the suspect out, the next may go."""
+        if self.out == slot:
+            self.out = None
+            self.done.set()
+
+    async def _lost(self, key: str, ids: list[str]) -> None:
+        """Record pending entries whose content is gone as dead letters (the script acks
+        them too)."""
+        logger.error(
+            "%d pending entries of %s in group %s were deleted before they were handled",
+            len(ids),
+            key,
+            self._group,
+            extra={"group": self._group, "entry_ids": ids},
+        )
+        notes = transport_notes("deleted", "the entry was deleted from the stream while pending")
+        packed = json.dumps(notes.as_dict())
+        for entry_id in ids:
+            args: list[Any] = [self._group, entry_id, "0", self._topic, "1", packed, entry_id, "1"]
+            await self._state.scripts.dead_letter(keys=[key, self._keys.dead], args=args)
