@@ -12,6 +12,7 @@ from eventbus.transports import (
     Connection,
     DeadLetterStore,
     IdleWaiting,
+    Inspection,
     ReferencePublishing,
     Serving,
 )
@@ -36,8 +37,8 @@ class TestRedisTransport(TransportConformance):
         )
 
     async def test_the_connection_offers_its_abilities(self, conn: Connection) -> None:
-        """Batch publishing, dead letters, idle waiting and serving, so that the ability
-        scenarios run rather than skip; no references (Redis carries bytes only)."""
-        for ability in (BatchPublishing, DeadLetterStore, IdleWaiting, Serving):
+        """Batch publishing, dead letters, idle waiting, inspection and serving, so that
+        the ability scenarios run rather than skip; no references (Redis carries bytes)."""
+        for ability in (BatchPublishing, DeadLetterStore, IdleWaiting, Inspection, Serving):
             assert isinstance(conn, ability), ability.__name__
         assert not isinstance(conn, ReferencePublishing)

@@ -333,3 +333,29 @@ async def test_acks_queued_during_a_flush_are_sent_by_the_next_one(
     await admin.aclose()
     await conn.aclose()
     assert pending["pending"] == 0
+
+
+async def test_inspect_shows_what_waits_for_a_stopped_group_on_redis(
+    transport: RedisTransport,
+) -> None:
+    """A group whose worker stopped shows the events published since as waiting, and a
+    dead letter of another group is counted with its group."""
+    worker = EventBus(transport=transport)
+
+    @worker.subscribe(group="email")
+    async def send(event: OrderCreated) -> None:
+        pass
+
+    @worker.subscribe(group="audit", retry=RetryPolicy.none())
+    async def audit(event: OrderPaid) -> None:
+        raise ValueError("audit store refused it")
+
+    async with worker:
+        await worker.publish(OrderPaid(order_id="o-0"))
+        await drain(worker, reraise=False, timeout=10)
+    async with EventBus(transport=transport) as producer:
+        await producer.publish_many([OrderCreated(order_id=str(i)) for i in range(3)])
+        stats = {(s.topic, s.group): s for s in await producer.inspect()}
+    email, audited = stats["OrderCreated", "email"], stats["OrderPaid", "audit"]
+    assert (email.waiting, email.in_flight, email.scheduled, email.dead_letters) == (3, 0, 0, 0)
+    assert (audited.waiting, audited.in_flight, audited.dead_letters) == (0, 0, 1)

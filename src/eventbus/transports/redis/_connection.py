@@ -14,7 +14,7 @@ from eventbus._errors import (
     TransportClosedError,
     TransportError,
 )
-from eventbus.transports._contract import Message, StoredDeadLetter
+from eventbus.transports._contract import GroupStats, Message, StoredDeadLetter
 
 from ._commands import XaddCommand
 from ._dead_letters import DeadLetterStreams
@@ -31,8 +31,8 @@ class RedisConnection:
     """One bus's link to Redis: its own client (connection pool) and consumer name.
 
     Offers, beside the required ``Connection``: ``BatchPublishing`` (``publish_many``),
-    ``DeadLetterStore``, ``IdleWaiting`` (``wait_idle``) and ``Serving`` (``serve``
-    keeps the leases of held entries).
+    ``DeadLetterStore``, ``IdleWaiting`` (``wait_idle``), ``Inspection`` (``inspect``)
+    and ``Serving`` (``serve`` keeps the leases of held entries).
     """
 
     def __init__(self, settings: Settings, consumer: str) -> None:
@@ -184,6 +184,21 @@ class RedisConnection:
             if not idle:
                 return False
         return True
+
+    async def inspect(self) -> list[GroupStats]:
+        """Every group listed in ``prefix:groups``, counted by one script each (the acks
+        this connection queued are sent first)."""
+        async with wrapped("inspecting the groups"):
+            for sub in self._subs:
+                await sub.flush_acks()
+            return [await self._stats(topic, group) for topic, group in await self.state.groups()]
+
+    async def _stats(self, topic: str, group: str) -> GroupStats:
+        keys = self.state.keys(topic, group)
+        waiting, in_flight, scheduled, dead = await self.state.scripts.stats(
+            keys=[keys.stream, keys.redeliver, keys.retry, keys.dead], args=[group]
+        )
+        return GroupStats(topic, group, int(waiting), int(in_flight), int(scheduled), int(dead))
 
     async def dead_letters(self, group: str | None = None) -> list[StoredDeadLetter]:
         """Every dead letter of ``group`` (all groups when None), oldest first."""

@@ -23,6 +23,7 @@ __all__ = [
     "PROMOTE",
     "REPLAY",
     "RETRY",
+    "STATS",
     "Keys",
 ]
 
@@ -191,6 +192,32 @@ end
 if redis.call('ZCARD', KEYS[3]) > 0 then return 0 end
 if stream_idle(KEYS[1], ARGV[1]) and stream_idle(KEYS[2], ARGV[1]) then return 1 end
 return 0
+"""
+
+# KEYS: stream, redeliver stream, retry zset, dead stream. ARGV: group.
+# {waiting, in flight, scheduled, dead}: entries not yet delivered to the group (its lag,
+# counted up to 100,000 when Redis cannot tell it), pending entries, scheduled retries,
+# dead letters; one atomic look.
+STATS = """
+local function counts(key, group)
+  if redis.call('EXISTS', key) == 0 then return 0, 0 end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local t = {}
+    for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+    if t['name'] == group then
+      local lag = t['lag']
+      if type(lag) ~= 'number' then
+        lag = #redis.call('XRANGE', key, '(' .. t['last-delivered-id'], '+', 'COUNT', 100000)
+      end
+      return lag, tonumber(t['pending'])
+    end
+  end
+  return 0, 0
+end
+local waiting, pending = counts(KEYS[1], ARGV[1])
+local waiting2, pending2 = counts(KEYS[2], ARGV[1])
+return {waiting + waiting2, pending + pending2, redis.call('ZCARD', KEYS[3]),
+        redis.call('XLEN', KEYS[4])}
 """
 
 # KEYS: stream. ARGV: group, consumer, min idle ms, cursor, count.

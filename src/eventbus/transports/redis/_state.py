@@ -24,7 +24,7 @@ from eventbus._backoff import Backoff
 from eventbus._errors import TransportError
 
 from ._links import Links
-from ._scripts import CLAIM_IDS, DEAD_LETTER, IDLE, PROMOTE, REPLAY, RETRY, Keys
+from ._scripts import CLAIM_IDS, DEAD_LETTER, IDLE, PROMOTE, REPLAY, RETRY, STATS, Keys
 
 __all__ = ["RedisState", "Scripts", "Settings", "logger", "wrapped"]
 
@@ -68,6 +68,7 @@ class Scripts:
         self.dead_letter = client.register_script(DEAD_LETTER)
         self.replay = client.register_script(REPLAY)
         self.idle = client.register_script(IDLE)
+        self.stats = client.register_script(STATS)
         self.claim_ids = client.register_script(CLAIM_IDS)
 
 
