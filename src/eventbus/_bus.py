@@ -16,7 +16,7 @@ from ._delivery import Delivering, run_immediate
 from ._envelope import Envelope, EnvelopeFactory
 from ._errors import BusStateError, ConfigurationError, ImmediateHandlerError
 from ._event import Event
-from ._middleware import Middleware
+from ._middleware import Middleware, run_around
 from ._observer import DeadLetterErrors, Observer, Observers
 from ._options import check_seconds
 from ._registry import Registry
@@ -95,6 +95,7 @@ class EventBus:
         self._transport: Transport = transport if transport is not None else InMemoryTransport()
         self._codec = Codec(max_payload_bytes=max_payload_bytes)
         self._middleware: tuple[Middleware, ...] = tuple(middleware)
+        self._on_publish = tuple(m.on_publish for m in self._middleware)
         self._clock = clock or clock_of(self._transport)
         self._sleep = sleeper(self._clock)
         self._dead_errors = DeadLetterErrors()
@@ -265,8 +266,8 @@ class EventBus:
         if publish_to is None:
             raise self._not_running()
         envelope = self._envelopes.make(event, headers, correlation_id, causation_id)
-        if self._middleware:
-            await self._publish_through(0, event, envelope, None, timeout, True)
+        if self._on_publish:
+            await self._publish_around(event, envelope, None, timeout, True)
             return envelope
         if self._by_reference:
             await publish_to(envelope.name, (event, envelope), timeout=timeout)
@@ -301,9 +302,9 @@ class EventBus:
         make = self._envelopes.make
         batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
         items = [self._pack(event, envelope) for event, envelope in batch]  # all checked
-        if self._middleware:
+        if self._on_publish:
             for (event, envelope), item in zip(batch, items, strict=True):
-                await self._publish_through(0, event, envelope, item, timeout, False)
+                await self._publish_around(event, envelope, item, timeout, False)
         else:
             topics = [envelope.name for _, envelope in batch]
             await self._send_batch(list(zip(topics, items, strict=True)), timeout)
@@ -333,33 +334,24 @@ class EventBus:
         for topic, item in items:
             await self._publish_to(topic, item, timeout=timeout)
 
-    async def _publish_through(
-        self,
-        index: int,
-        event: Event,
-        envelope: Envelope,
-        item: object,
-        timeout: float | None,
-        with_immediate: bool,
+    async def _publish_around(
+        self, event: Event, envelope: Envelope, item: object, timeout: float | None, immediate: bool
     ) -> None:
-        """The middleware chain around one publish; ``item`` is what the transport gets
-        (None: made at the end of the chain)."""
-        if index < len(self._middleware):
+        """One publish within the middleware; ``item`` is what the transport gets (None:
+        made at the end of the chain)."""
 
-            async def call_next() -> None:
-                args = (event, envelope, item, timeout, with_immediate)
-                await self._publish_through(index + 1, *args)
+        async def send() -> None:
+            publish_to = self._publish_to
+            if publish_to is None:
+                raise self._not_running()
+            packed = self._pack(event, envelope) if item is None else item
+            await publish_to(envelope.name, packed, timeout=timeout)
+            self._observers.published_event(event, envelope)
+            engines = self._immediate.get(type(event))
+            if immediate and engines:
+                await run_immediate(engines, event, envelope)
 
-            await self._middleware[index].on_publish(event, envelope, call_next)
-            return
-        self._open_connection()
-        assert self._publish_to is not None
-        item = self._pack(event, envelope) if item is None else item
-        await self._publish_to(envelope.name, item, timeout=timeout)
-        self._observers.published_event(event, envelope)
-        immediate = self._immediate.get(type(event))
-        if with_immediate and immediate:
-            await run_immediate(immediate, event, envelope)
+        await run_around(self._on_publish, (event, envelope), send)
 
     # -- waiting and dead letters -----------------------------------------------------
 

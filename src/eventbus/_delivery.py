@@ -20,7 +20,7 @@ from ._deadletter import failure_notes
 from ._envelope import Envelope
 from ._errors import DecodeError, HandlerTimeoutError, ImmediateHandlerError
 from ._event import Event
-from ._middleware import Middleware, Next
+from ._middleware import Middleware, run_around
 from ._observer import Action, Observers, Outcome
 from ._subscriber import Subscriber
 from .transports._contract import Delivery, FailureNotes, Subscription
@@ -48,7 +48,7 @@ class Delivering:
     with; ``sleep`` waits between the attempts of an immediate subscriber.
     """
 
-    __slots__ = ("_handler", "_middleware", "_observers", "_publish", "_sleep", "plain", "sub")
+    __slots__ = ("_handler", "_observers", "_on_handle", "_publish", "_sleep", "plain", "sub")
 
     def __init__(
         self,
@@ -60,7 +60,7 @@ class Delivering:
     ) -> None:
         self.sub = subscriber
         self._handler = subscriber.handler
-        self._middleware = tuple(middleware)
+        self._on_handle = tuple(m.on_handle for m in middleware)
         self._publish = publish
         self._observers = observers
         self._sleep = sleep
@@ -76,24 +76,16 @@ class Delivering:
             return
         envelope = envelope.with_attempt(attempt)
         context = None
-        if self.sub.takes_context or self._middleware:
+        if self.sub.takes_context or self._on_handle:
             context = Context(envelope, self.sub.group, self._publish)
-        if self._middleware:
-            assert context is not None
-            await self._chain(event, context, 0)
+        if self._on_handle:
+
+            async def call() -> None:
+                await self._call(event, context)
+
+            await run_around(self._on_handle, (event, context), call)
         else:
             await self._call(event, context)
-
-    async def _chain(self, event: Event, context: Context, index: int) -> None:
-        if index == len(self._middleware):
-            await self._call(event, context)
-            return
-
-        async def call_next() -> None:
-            await self._chain(event, context, index + 1)
-
-        next_: Next = call_next
-        await self._middleware[index].on_handle(event, context, next_)
 
     async def _call(self, event: Event, context: Context | None) -> None:
         sub = self.sub

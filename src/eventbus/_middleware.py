@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from ._context import Context
 from ._envelope import Envelope
 from ._event import Event
 
-__all__ = ["Middleware", "Next"]
+__all__ = ["Middleware", "Next", "run_around"]
 
 
 class Next(Protocol):
@@ -39,3 +39,22 @@ class Middleware:
     async def on_handle(self, event: Event, context: Context, call_next: Next) -> None:
         """Around one handler attempt. Default: just ``await call_next()``."""
         await call_next()
+
+
+async def run_around(
+    hooks: Sequence[Callable[..., Awaitable[None]]],
+    args: tuple[Any, ...],
+    last: Callable[[], Awaitable[None]],
+    index: int = 0,
+) -> None:
+    """Run ``hooks[index](*args, call_next)``, each ``call_next`` running the next hook,
+    and ``last()`` at the end of the chain (the publish, or the handler call)."""
+    if index == len(hooks):
+        await last()
+        return
+
+    async def call_next() -> None:
+        await run_around(hooks, args, last, index + 1)
+
+    next_: Next = call_next
+    await hooks[index](*args, next_)
