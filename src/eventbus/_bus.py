@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -30,6 +30,7 @@ from .transports._contract import (
     GroupStats,
     IdleWaiting,
     Inspection,
+    Message,
     ReferencePublishing,
     Transport,
 )
@@ -71,9 +72,11 @@ class EventBus:
       transport that keeps nothing across a restart (in memory) it first handles what is
       queued. What still runs at the deadline is cancelled, neither acked nor
       dead-lettered, and redelivered to the next worker of its group.
-    - ``clock``: where the bus waits (between the attempts of an immediate subscriber,
-      after a transport failure). Default: the transport's ``clock`` when it has one
-      (``InMemoryTransport(clock=VirtualClock())``), else real time.
+    - ``clock``: where the bus measures the delays of retry policies (between the
+      attempts of an immediate subscriber; the transport schedules background retries).
+      Default: the transport's ``clock`` when it has one
+      (``InMemoryTransport(clock=VirtualClock())``), else real time. Waits for the
+      outside world (a failing transport) are always real time.
 
     A bus is a worker of every group it has subscribers for: two buses on one transport
     share the events of a group. A bus without subscribers only publishes. A bus runs
@@ -110,7 +113,7 @@ class EventBus:
         self._publish_to: Callable[..., Any] | None = None
         self._by_reference = False
         self._batch: BatchPublishing | None = None
-        self._workers = Workers(self._codec, self._sleep)
+        self._workers = Workers(self._codec)
 
     @property
     def transport(self) -> Transport:
@@ -267,17 +270,18 @@ class EventBus:
             raise self._not_running()
         envelope = self._envelopes.make(event, headers, correlation_id, causation_id)
         if self._on_publish:
-            await self._publish_around(event, envelope, None, timeout, True)
+            await self._write_around(event, envelope, None, timeout, True)
             return envelope
+        # The body of ``_write``, inline: the call would cost 0.3 us of a 3.6 us publish.
         if self._by_reference:
             await publish_to(envelope.name, (event, envelope), timeout=timeout)
         else:
             await publish_to(envelope.name, self._codec.encode(event, envelope), timeout=timeout)
         if self._observers.published:
             self._observers.published_event(event, envelope)
-        immediate = self._immediate.get(type(event))
-        if immediate:
-            await run_immediate(immediate, event, envelope)
+        engines = self._immediate.get(type(event))
+        if engines:
+            await run_immediate(engines, event, envelope)
         return envelope
 
     async def publish_many(
@@ -301,57 +305,60 @@ class EventBus:
         self._open_connection()
         make = self._envelopes.make
         batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
-        items = [self._pack(event, envelope) for event, envelope in batch]  # all checked
-        if self._on_publish:
-            for (event, envelope), item in zip(batch, items, strict=True):
-                await self._publish_around(event, envelope, item, timeout, False)
-        else:
+        if self._by_reference:
+            items: list[object] = list(batch)
+        else:  # every event checked before any is sent
+            items = [self._codec.encode(event, envelope) for event, envelope in batch]
+        if self._batch is not None and not self._on_publish:
             topics = [envelope.name for _, envelope in batch]
-            await self._send_batch(list(zip(topics, items, strict=True)), timeout)
+            messages = cast(list[Message], items)  # a batch transport takes bytes only
+            await self._batch.publish_many(
+                list(zip(topics, messages, strict=True)), timeout=timeout
+            )
             for event, envelope in batch:
                 self._observers.published_event(event, envelope)
+        else:  # one by one: the observers hear of each event as it is accepted
+            write = self._write_around if self._on_publish else self._write
+            for (event, envelope), item in zip(batch, items, strict=True):
+                await write(event, envelope, item, timeout, False)
         first: ImmediateHandlerError | None = None
         for event, envelope in batch:
-            immediate = self._immediate.get(type(event))
-            if immediate:
+            engines = self._immediate.get(type(event))
+            if engines:
                 try:
-                    await run_immediate(immediate, event, envelope)
+                    await run_immediate(engines, event, envelope)
                 except ImmediateHandlerError as exc:
                     first = first or exc
         if first is not None:
             raise first
         return [envelope for _, envelope in batch]
 
-    def _pack(self, event: Event, envelope: Envelope) -> object:
-        """What the transport receives: the event by reference, or its bytes."""
-        return (event, envelope) if self._by_reference else self._codec.encode(event, envelope)
-
-    async def _send_batch(self, items: list[tuple[str, Any]], timeout: float | None) -> None:
-        assert self._publish_to is not None
-        if self._batch is not None:
-            await self._batch.publish_many(items, timeout=timeout)
-            return
-        for topic, item in items:
-            await self._publish_to(topic, item, timeout=timeout)
-
-    async def _publish_around(
+    async def _write(
         self, event: Event, envelope: Envelope, item: object, timeout: float | None, immediate: bool
     ) -> None:
-        """One publish within the middleware; ``item`` is what the transport gets (None:
-        made at the end of the chain)."""
-
-        async def send() -> None:
-            publish_to = self._publish_to
-            if publish_to is None:
-                raise self._not_running()
-            packed = self._pack(event, envelope) if item is None else item
-            await publish_to(envelope.name, packed, timeout=timeout)
+        """Hand one event to the transport (``item``: what it gets, made here when None),
+        tell the observers, then run its immediate subscribers when ``immediate``."""
+        publish_to = self._publish_to
+        if publish_to is None:
+            raise self._not_running()
+        if item is None:
+            item = (event, envelope) if self._by_reference else self._codec.encode(event, envelope)
+        await publish_to(envelope.name, item, timeout=timeout)
+        if self._observers.published:
             self._observers.published_event(event, envelope)
-            engines = self._immediate.get(type(event))
-            if immediate and engines:
-                await run_immediate(engines, event, envelope)
+        engines = self._immediate.get(type(event))
+        if immediate and engines:
+            await run_immediate(engines, event, envelope)
 
-        await run_around(self._on_publish, (event, envelope), send)
+    async def _write_around(
+        self, event: Event, envelope: Envelope, item: object, timeout: float | None, immediate: bool
+    ) -> None:
+        """``_write`` within the middleware's ``on_publish`` hooks."""
+
+        async def write() -> None:
+            await self._write(event, envelope, item, timeout, immediate)
+
+        await run_around(self._on_publish, (event, envelope), write)
 
     # -- waiting and dead letters -----------------------------------------------------
 

@@ -6,7 +6,7 @@ are ``id``, ``name``, ``version``, ``time``, ``correlation_id``, optional
 attempt is kept by the transport, not in the headers.
 
 On a transport that carries references (``ReferencePublishing``), an event travels as
-its ``Reference``: the event and its envelope, never turned into bytes.
+the tuple ``(event, envelope)``, never turned into bytes.
 """
 
 from __future__ import annotations
@@ -29,14 +29,10 @@ from ._errors import (
 from ._event import Event
 from .transports._contract import Message
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Codec", "Reference"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Codec"]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 _MAX_FIELD = 200
-
-
-Reference = tuple[Event, Envelope]
-"""An event as a transport that carries references moves it: never as bytes."""
 
 
 class Codec:
@@ -134,7 +130,8 @@ class Codec:
         return event, envelope
 
     def decode_reference(self, reference: object, attempt: int = 1) -> tuple[Event, Envelope]:
-        """The event and envelope of a ``Reference``, as ``decode`` would give them.
+        """The event and envelope of a reference ``(event, envelope)``, as ``decode``
+        would give them.
 
         An event whose class is not the one registered under its name (another bus of
         the process registered another class) goes through bytes, as on the wire.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import anyio
 import anyio.abc
 import anyio.lowlevel
@@ -37,7 +35,8 @@ class Consumer:
     Each loop receives a delivery, decodes it and hands it to the delivery engine,
     which handles it and acks, retries or dead-letters it. ``stop()`` cancels the loops
     that are waiting for work and lets the busy ones finish their current delivery.
-    A failing transport is logged and retried after a backoff (on ``sleep``).
+    A failing transport is logged and retried after a backoff, in real time (it waits
+    for the outside world, which a virtual clock cannot hurry).
     """
 
     def __init__(
@@ -47,14 +46,12 @@ class Consumer:
         event_type: type[Event],
         codec: Codec,
         limiter: anyio.CapacityLimiter | None,
-        sleep: Callable[[float], Awaitable[None]],
     ) -> None:
         self._engine = engine
         self._subscription = subscription
         self._event_type = event_type
         self._codec = codec
         self._limiter = limiter
-        self._sleep = sleep
         self._slots: set[_Slot] = set()
         self._stopping = False
         self._stopped = anyio.Event()
@@ -96,7 +93,7 @@ class Consumer:
     async def _run(self, slot: _Slot) -> None:
         receive, deliver = self._subscription.receive, self._engine.deliver
         subscription, event_type, limiter = self._subscription, self._event_type, self._limiter
-        backoff, handled = Backoff(0.1, 2.0, jitter=0.0, sleep=self._sleep), 0
+        backoff, handled = Backoff(0.1, 2.0, jitter=0.0), 0
         while not self._stopping:
             try:
                 delivery = await receive()
@@ -105,24 +102,28 @@ class Consumer:
                 slot.busy = True
                 try:
                     ref = delivery.reference
-                    if type(ref) is tuple and type(ref[0]) is event_type:
-                        decoded: tuple[Event, Envelope] | None = ref  # by reference, this class
+                    if (
+                        type(ref) is tuple
+                        and type(ref[0]) is event_type
+                        and type(ref[1]) is Envelope
+                    ):
+                        decoded: tuple[Event, Envelope] | None = ref  # of this very class
                     else:
-                        decoded = await self._decode(delivery)
+                        decoded = await self._decode(delivery)  # None: dead-lettered
                     if decoded is None:
-                        pass  # dead-lettered as undecodable
+                        pass
                     elif limiter is None:
-                        await deliver(subscription, delivery, *decoded)
+                        await deliver(subscription, delivery, decoded[0], decoded[1])
                     else:
                         async with limiter:
-                            await deliver(subscription, delivery, *decoded)
+                            await deliver(subscription, delivery, decoded[0], decoded[1])
                 finally:
                     slot.busy = False
-                backoff.reset()
-            except Exception:  # a transport failure: log, back off, go on
+            except Exception:  # a transport failure: log, back off (real time), go on
                 logger.exception("eventbus consumer of %s failed", self._engine.sub.group)
                 await backoff.wait(backoff.failed())
                 continue
+            backoff.failures = 0
             handled += 1
             if handled % _CHECKPOINT_EVERY == 0:
                 await anyio.lowlevel.checkpoint()

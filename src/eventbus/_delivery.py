@@ -73,8 +73,11 @@ class Delivering:
         """Call the handler once, within the middleware and its timeout; raises its error."""
         if self.plain:
             await self._handler(event)
-            return
-        envelope = envelope.with_attempt(attempt)
+        else:
+            await self._around(event, envelope.with_attempt(attempt))
+
+    async def _around(self, event: Event, envelope: Envelope) -> None:
+        """The handler with its context, middleware and timeout (not ``plain``)."""
         context = None
         if self.sub.takes_context or self._on_handle:
             context = Context(envelope, self.sub.group, self._publish)
@@ -119,8 +122,11 @@ class Delivering:
         self, subscription: Subscription, delivery: Delivery, event: Event, envelope: Envelope
     ) -> None:
         """Handle ``delivery`` and ack, retry (nack) or dead-letter it."""
-        try:
-            await self.attempt(event, envelope, delivery.attempt)
+        try:  # as ``attempt()``, inline: this is the hot path of every background event
+            if self.plain:
+                await self._handler(event)
+            else:
+                await self._around(event, envelope.with_attempt(delivery.attempt))
         except Exception as exc:
             await self._failed(subscription, delivery, event, envelope, exc)
             return

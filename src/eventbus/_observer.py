@@ -53,7 +53,10 @@ class Observer:
     - ``on_failure``: the same, for failures only (every outcome but ``"ack"``).
 
     Hooks are plain functions called in the bus's task: keep them short, never block.
-    An exception from a hook is logged and ignored. A hook that is not overridden costs
+    An exception from a hook is logged and ignored. Once every observer heard of a dead
+    letter, the bus keeps its error for ``take_dead_letter_errors()`` without its
+    traceback (so that no frame, nor the payload in its locals, is held): read the
+    traceback inside the hook, not later. A hook that is not overridden costs
     nothing (``on_failure`` alone adds no work to successful deliveries). Observers see
     events: they must not log payloads, which hold personal data.
     """

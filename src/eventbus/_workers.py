@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 import anyio
 import anyio.abc
@@ -25,9 +25,8 @@ class Workers:
     for a slot that background work holds.
     """
 
-    def __init__(self, codec: Codec, sleep: Callable[[float], Awaitable[None]]) -> None:
+    def __init__(self, codec: Codec) -> None:
         self._codec = codec
-        self._sleep = sleep
         self._consumers: list[Consumer] = []
         self._task_group: anyio.abc.TaskGroup | None = None
         self._serve_scope: anyio.CancelScope | None = None
@@ -51,7 +50,7 @@ class Workers:
         for event_type in engine.sub.event_types:
             subscription = await conn.subscribe(event_type.event_name, engine.sub.group)
             limiter = limiters[event_type.event_urgent]
-            consumer = Consumer(engine, subscription, event_type, self._codec, limiter, self._sleep)
+            consumer = Consumer(engine, subscription, event_type, self._codec, limiter)
             consumer.start(task_group)
             self._consumers.append(consumer)
 

@@ -6,10 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from eventbus._bus import EventBus
-from eventbus._envelope import Envelope
-from eventbus._event import Event
-from eventbus._observer import Observer
+from eventbus import Envelope, Event, EventBus, Observer
 
 __all__ = ["Captured", "capture"]
 

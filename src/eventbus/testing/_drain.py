@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eventbus._bus import EventBus
+from eventbus import EventBus
 
 __all__ = ["drain"]
 

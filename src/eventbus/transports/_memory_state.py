@@ -6,7 +6,7 @@ import contextlib
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 
 import anyio
@@ -29,7 +29,8 @@ class Group:
     retries: list[tuple[float, int, Delivery]] = field(default_factory=list)
     receivers: deque[anyio.Event] = field(default_factory=deque)
     space: deque[anyio.Event] = field(default_factory=deque)
-    in_flight: int = 0
+    members: list[Sized] = field(default_factory=list)
+    """What each open consumer of the group holds in flight (counted by ``stats``)."""
 
     def wake_receiver(self) -> None:
         """Wake one task waiting for a delivery."""
@@ -65,6 +66,7 @@ class MemoryState:
         self._seq = itertools.count()
 
     def topic_groups(self, topic: str) -> dict[str, Group]:
+        """The groups of ``topic`` (none yet: an empty dict, and a history begins)."""
         groups = self.groups.get(topic)
         if groups is None:
             groups = self.groups[topic] = {}
@@ -72,6 +74,8 @@ class MemoryState:
         return groups
 
     async def wait_for_room(self, groups: dict[str, Group], timeout: float | None) -> None:
+        """Wait until every group of a topic has room; ``PublishTimeoutError`` after
+        ``timeout`` seconds."""
         if timeout is None:
             await self.room(groups)
             return
@@ -84,6 +88,7 @@ class MemoryState:
             ) from None
 
     async def room(self, groups: dict[str, Group]) -> None:
+        """Wait until every group of a topic has room (no stale waiter left behind)."""
         while full := [g for g in groups.values() if len(g.ready) >= self.max_queue]:
             group, waiter = full[0], anyio.Event()
             group.space.append(waiter)
@@ -98,6 +103,7 @@ class MemoryState:
                 raise
 
     def join(self, topic: str, group: str) -> Group:
+        """The group, made when new and filled with the topic's history."""
         groups = self.topic_groups(topic)
         state = groups.get(group)
         if state is None:
@@ -108,6 +114,7 @@ class MemoryState:
         return state
 
     def schedule(self, group: Group, delivery: Delivery, delay: float) -> None:
+        """Keep a retry for ``delay`` seconds of the clock."""
         due = self.clock.now() + max(0.0, delay)
         heapq.heappush(group.retries, (due, next(self._seq), delivery))
         group.wake_receiver()
@@ -122,16 +129,19 @@ class MemoryState:
         return group.retries[0][0] if group.retries else None
 
     def finish(self) -> None:
+        """One message less unfinished; wake ``wait_idle`` when none is left."""
         self.outstanding -= 1
         if self.outstanding == 0:
             self.wake_idle()
 
     def wake_idle(self) -> None:
+        """Wake every task waiting in ``wait_idle``."""
         for waiter in self.idle:
             waiter.set()
         self.idle.clear()
 
     def add_dead_letter(self, group: str, delivery: Delivery, notes: FailureNotes) -> None:
+        """Keep a delivery among the dead letters of ``group``; it is finished."""
         self.dead.append(
             StoredDeadLetter(
                 id=f"dl-{next(self.ids)}",
@@ -147,12 +157,35 @@ class MemoryState:
         self.finish()
 
     def select(self, group: str | None, ids: Sequence[str] | None) -> list[StoredDeadLetter]:
+        """The dead letters of ``group`` (any when None) whose id is in ``ids`` (any
+        when None), oldest first."""
         wanted = None if ids is None else set(ids)
         return [
             d
             for d in self.dead
             if (group is None or d.group == group) and (wanted is None or d.id in wanted)
         ]
+
+    def full(self, groups: dict[str, Group]) -> bool:
+        """Whether a group of a topic has no room for one more message."""
+        limit = self.max_queue
+        for group in groups.values():  # noqa: SIM110 - a loop: no generator on the hot path
+            if len(group.ready) >= limit:
+                return True
+        return False
+
+    def append(
+        self, topic: str, groups: dict[str, Group], message: Message, reference: object
+    ) -> str:
+        """Queue a message (or a reference) for every group of its topic; return its id."""
+        mid = str(next(self.ids))
+        self.history[topic].append((mid, message, reference))
+        for group in groups.values():
+            group.ready.append(Delivery(mid, topic, message, 1, None, reference))
+            self.outstanding += 1
+            if group.receivers:
+                group.wake_receiver()
+        return mid
 
     def stats(self) -> list[GroupStats]:
         """Every group, sorted by topic then group."""
@@ -162,7 +195,12 @@ class MemoryState:
             dead[key] = dead.get(key, 0) + 1
         return [
             GroupStats(
-                g.topic, g.name, len(g.ready), g.in_flight, len(g.retries), dead.get((t, n), 0)
+                g.topic,
+                g.name,
+                len(g.ready),
+                sum(len(held) for held in g.members),
+                len(g.retries),
+                dead.get((t, n), 0),
             )
             for t, groups in sorted(self.groups.items())
             for n, g in sorted(groups.items())

@@ -91,31 +91,16 @@ class _MemoryConnection:
 
     async def publish(self, topic: str, message: Message, *, timeout: float | None = None) -> str:
         """Queue a copy of ``message`` for every group of ``topic``; wait for room when full."""
+        groups = self._groups(topic)
+        if self._s.full(groups):
+            await self._s.wait_for_room(groups, timeout)
         copy = Message(bytes(message.body), dict(message.headers))
-        return await self._put(topic, copy, None, timeout)
+        return self._s.append(topic, groups, copy, None)
 
-    async def _put(
-        self, topic: str, message: Message, reference: object, timeout: float | None
-    ) -> str:
-        s = self._s
+    def _groups(self, topic: str) -> dict[str, Group]:
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        groups = s.groups.get(topic)
-        if groups is None:
-            groups = s.topic_groups(topic)
-        limit = s.max_queue
-        for group in groups.values():
-            if len(group.ready) >= limit:
-                await s.wait_for_room(groups, timeout)
-                break
-        mid = str(next(s.ids))
-        s.history[topic].append((mid, message, reference))
-        for group in groups.values():
-            group.ready.append(Delivery(mid, topic, message, reference=reference))
-            s.outstanding += 1
-            if group.receivers:
-                group.wake_receiver()
-        return mid
+        return self._s.groups.get(topic) or self._s.topic_groups(topic)
 
     async def publish_many(
         self, items: Sequence[tuple[str, Message]], *, timeout: float | None = None
@@ -181,7 +166,10 @@ class _ReferenceConnection(_MemoryConnection):
         self, topic: str, reference: object, *, timeout: float | None = None
     ) -> str:
         """Queue ``reference`` itself for every group of ``topic``."""
-        return await self._put(topic, NO_BYTES, reference, timeout)
+        groups = self._groups(topic)
+        if self._s.full(groups):
+            await self._s.wait_for_room(groups, timeout)
+        return self._s.append(topic, groups, NO_BYTES, reference)
 
 
 class _MemorySubscription:
@@ -191,6 +179,7 @@ class _MemorySubscription:
         self._s = state
         self._group = group
         self._inflight: dict[Delivery, None] = {}
+        group.members.append(self._inflight)
         self._waiting: set[anyio.Event] = set()
         self._closed = False
 
@@ -202,7 +191,6 @@ class _MemorySubscription:
             if group.ready:
                 delivery = group.ready.popleft()
                 self._inflight[delivery] = None
-                group.in_flight += 1
                 if group.space:
                     group.wake_publisher()
                 return delivery
@@ -235,13 +223,11 @@ class _MemorySubscription:
             del self._inflight[delivery]
         except KeyError:
             raise TransportClosedError(f"{delivery!r} is not in flight here") from None
-        self._group.in_flight -= 1
 
     async def ack(self, delivery: Delivery) -> None:
         """Done with the message: never delivered to this group again."""
         if self._closed or self._inflight.pop(delivery, _MISSING) is _MISSING:
             self._take(delivery)  # raises the right error
-        self._group.in_flight -= 1
         s = self._s
         s.outstanding -= 1
         if s.outstanding == 0:
@@ -268,7 +254,7 @@ class _MemorySubscription:
             waiter.set()
         group = self._group
         group.ready.extendleft(reversed(list(self._inflight)))
-        group.in_flight -= len(self._inflight)
+        group.members.remove(self._inflight)
         self._inflight.clear()
         if group.ready:
             group.wake_receiver()

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from eventbus.transports._contract import (
+from eventbus.transports import (
     BatchPublishing,
     Connection,
     DeadLetterStore,

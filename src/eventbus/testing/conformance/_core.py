@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from eventbus._errors import PublishTimeoutError, TransportClosedError
-from eventbus.transports._contract import (
+from eventbus import PublishTimeoutError, TransportClosedError
+from eventbus.transports import (
     Connection,
     Delivery,
     FailureNotes,

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from eventbus.transports._contract import (
+from eventbus.transports import (
     Connection,
     Delivery,
     Message,
