@@ -65,19 +65,24 @@ class Delivering:
         self._observers = observers
         self._sleep = sleep
         self.plain = not middleware and subscriber.timeout is None and not subscriber.takes_context
-        """The handler takes only the event: it is called directly (the one fast path)."""
+        """The handler takes only the event, with no middleware or timeout."""
 
     # -- one attempt -----------------------------------------------------------------
 
     async def attempt(self, event: Event, envelope: Envelope, attempt: int) -> None:
-        """Call the handler once, within the middleware and its timeout; raises its error."""
+        """Call the handler once, within the middleware and its timeout; raises its error.
+
+        The two hot loops (``deliver`` and ``run_immediate``) await a ``plain`` handler
+        directly instead: that is the one fast path.
+        """
         if self.plain:
             await self._handler(event)
         else:
             await self._around(event, envelope.with_attempt(attempt))
 
     async def _around(self, event: Event, envelope: Envelope) -> None:
-        """The handler with its context, middleware and timeout (not ``plain``)."""
+        """One attempt of a handler that is not ``plain``: with its context, middleware
+        and timeout; raises its error."""
         context = None
         if self.sub.takes_context or self._on_handle:
             context = Context(envelope, self.sub.group, self._publish)
@@ -122,8 +127,8 @@ class Delivering:
         self, subscription: Subscription, delivery: Delivery, event: Event, envelope: Envelope
     ) -> None:
         """Handle ``delivery`` and ack, retry (nack) or dead-letter it."""
-        try:  # as ``attempt()``, inline: this is the hot path of every background event
-            if self.plain:
+        try:
+            if self.plain:  # the fast path (see ``attempt``)
                 await self._handler(event)
             else:
                 await self._around(event, envelope.with_attempt(delivery.attempt))
@@ -184,28 +189,34 @@ class Delivering:
 
     # -- immediate: attempts inside publish() --------------------------------------------
 
-    async def run_inline(self, event: Event, envelope: Envelope) -> None:
-        """Every attempt the retry policy allows, waiting on the bus's clock between them.
+    async def retry_inline(self, event: Event, envelope: Envelope, error: Exception) -> None:
+        """After a failed first attempt inside ``publish()``: every further attempt the
+        retry policy allows, waiting on the bus's clock between them.
 
         Raises ``ImmediateHandlerError`` (the handler's error as its cause) when the
         subscriber gives up.
         """
         attempt, previous = 1, None
         while True:
+            verdict = self.judge(error, attempt, previous)
+            if not verdict.retry:
+                self._tell("raise", event, envelope, attempt, error, verdict)
+                raise self._gave_up(envelope, attempt, error) from error
+            self._tell("retry", event, envelope, attempt, error, verdict)
+            await self._sleep(verdict.delay)
+            attempt, previous = attempt + 1, verdict.notes
             try:
                 await self.attempt(event, envelope, attempt)
             except Exception as exc:
-                verdict = self.judge(exc, attempt, previous)
-                if not verdict.retry:
-                    self._tell("raise", event, envelope, attempt, exc, verdict)
-                    raise self._gave_up(envelope, attempt, exc) from exc
-                self._tell("retry", event, envelope, attempt, exc, verdict)
-                await self._sleep(verdict.delay)
-                attempt, previous = attempt + 1, verdict.notes
+                error = exc
             else:
-                if self._observers.outcome:
-                    self._tell("ack", event, envelope, attempt)
+                self.handled(event, envelope, attempt)
                 return
+
+    def handled(self, event: Event, envelope: Envelope, attempt: int) -> None:
+        """Tell the observers of outcomes that an attempt succeeded (when any listens)."""
+        if self._observers.outcome:
+            self._tell("ack", event, envelope, attempt)
 
     def _gave_up(self, envelope: Envelope, attempt: int, error: Exception) -> ImmediateHandlerError:
         sub = self.sub
@@ -274,8 +285,16 @@ async def run_immediate(engines: Sequence[Delivering], event: Event, envelope: E
     first: ImmediateHandlerError | None = None
     for engine in engines:
         try:
-            await engine.run_inline(event, envelope)
-        except ImmediateHandlerError as exc:
-            first = first or exc
+            if engine.plain:  # the fast path (see ``Delivering.attempt``)
+                await engine.sub.handler(event)
+            else:
+                await engine.attempt(event, envelope, 1)
+        except Exception as exc:
+            try:
+                await engine.retry_inline(event, envelope, exc)
+            except ImmediateHandlerError as gave_up:
+                first = first or gave_up
+        else:
+            engine.handled(event, envelope, 1)
     if first is not None:
         raise first
