@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/urgent_latency.py
 	$(BIN)/python benchmarks/redis_throughput.py
 	$(BIN)/python benchmarks/order_latency.py
+	$(BIN)/python benchmarks/payload_check.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
