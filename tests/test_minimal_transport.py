@@ -10,7 +10,10 @@ from eventbus.transports import (
     BatchPublishing,
     Connection,
     DeadLetterStore,
+    Delivery,
+    FailureNotes,
     Features,
+    HandledRecord,
     IdleWaiting,
     Inspection,
     Message,
@@ -22,6 +25,33 @@ from tests.events import OrderCreated, OrderPaid
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.anyio
+
+
+class CoreOnlySubscription:
+    """Receive, ack, nack, dead-letter and close: nothing optional."""
+
+    def __init__(self, inner: Subscription) -> None:
+        self._inner = inner
+
+    async def receive(self) -> Delivery | None:
+        """The wrapped subscription's next delivery."""
+        return await self._inner.receive()
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Ack through the wrapped subscription."""
+        await self._inner.ack(delivery)
+
+    async def nack(self, delivery: Delivery, delay: float, notes: FailureNotes) -> None:
+        """Nack through the wrapped subscription."""
+        await self._inner.nack(delivery, delay, notes)
+
+    async def dead_letter(self, delivery: Delivery, notes: FailureNotes) -> None:
+        """Dead-letter through the wrapped subscription."""
+        await self._inner.dead_letter(delivery, notes)
+
+    async def aclose(self) -> None:
+        """Close the wrapped subscription."""
+        await self._inner.aclose()
 
 
 class CoreOnlyConnection:
@@ -38,7 +68,7 @@ class CoreOnlyConnection:
 
     async def subscribe(self, topic: str, group: str) -> Subscription:
         """Subscribe through the wrapped in-memory connection."""
-        return await self._inner.subscribe(topic, group)
+        return CoreOnlySubscription(await self._inner.subscribe(topic, group))
 
     async def aclose(self) -> None:
         """Close the wrapped connection."""
@@ -74,12 +104,15 @@ class TestCoreOnlyTransport(TransportConformance):
 
 
 async def test_the_connection_offers_no_ability() -> None:
-    """The wrapper meets Connection and none of the optional protocols."""
+    """The wrappers meet Connection and Subscription and none of the optional protocols."""
     conn = await CoreOnlyTransport().connect()
     assert isinstance(conn, Connection)
     abilities = (BatchPublishing, DeadLetterStore, IdleWaiting, Inspection, Serving)
     for ability in (*abilities, ReferencePublishing):
         assert not isinstance(conn, ability), ability
+    subscription = await conn.subscribe("orders", "g")
+    assert isinstance(subscription, Subscription)
+    assert not isinstance(subscription, HandledRecord)
 
 
 async def test_a_bus_publishes_and_handles_on_the_required_contract() -> None:

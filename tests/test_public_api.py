@@ -58,6 +58,7 @@ EXPECTED_ALL = {
         "FailureNotes",
         "Features",
         "GroupStats",
+        "HandledRecord",
         "IdleWaiting",
         "Inspection",
         "InMemoryTransport",

@@ -145,11 +145,17 @@ class EventBus:
         concurrency: int = 1,
         timeout: float | None = None,
         mode: str = "background",
+        idempotent: bool = False,
     ) -> Callable[[H], H]:
         """Subscribe a handler on this bus; the same options as ``Registry.subscribe``."""
         registry = Registry()
         decorate = registry.subscribe(
-            group=group, retry=retry, concurrency=concurrency, timeout=timeout, mode=mode
+            group=group,
+            retry=retry,
+            concurrency=concurrency,
+            timeout=timeout,
+            mode=mode,
+            idempotent=idempotent,
         )
 
         def apply(handler: H) -> H:

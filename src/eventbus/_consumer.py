@@ -91,7 +91,9 @@ class Consumer:
                     self._stopped.set()
 
     async def _run(self, slot: _Slot) -> None:
-        receive, deliver = self._subscription.receive, self._engine.deliver
+        engine = self._engine
+        receive = self._subscription.receive
+        deliver = engine.deliver_once if engine.sub.idempotent else engine.deliver
         subscription, event_type, limiter = self._subscription, self._event_type, self._limiter
         backoff, handled = Backoff(0.1, 2.0, jitter=0.0), 0
         while not self._stopping:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import anyio
 
@@ -23,7 +23,7 @@ from ._event import Event
 from ._middleware import Middleware, run_around
 from ._observer import Action, Observers, Outcome
 from ._subscriber import Subscriber
-from .transports._contract import Delivery, FailureNotes, Subscription
+from .transports._contract import Delivery, FailureNotes, HandledRecord, Subscription
 
 __all__ = ["Delivering", "Verdict", "log_extra", "logger", "run_immediate"]
 
@@ -139,6 +139,33 @@ class Delivering:
         if self._observers.outcome:
             self._tell("ack", event, envelope, delivery.attempt)
 
+    async def deliver_once(
+        self, subscription: Subscription, delivery: Delivery, event: Event, envelope: Envelope
+    ) -> None:
+        """``deliver`` for an idempotent subscriber: a delivery of an event id the group
+        already handled is acked without calling the handler; a success is acked and
+        recorded together. ``subscription`` must be a ``HandledRecord``."""
+        record = cast(HandledRecord, subscription)
+        if await record.handled(envelope.id):
+            await subscription.ack(delivery)
+            logger.info(
+                "%s skipped %s %s: its group handled it already",
+                self.sub.name,
+                envelope.name,
+                envelope.id,
+                extra=log_extra(envelope.id, envelope.name, self.sub.group, delivery.attempt),
+            )
+            self._tell("duplicate", event, envelope, delivery.attempt)
+            return
+        try:
+            await self.attempt(event, envelope, delivery.attempt)
+        except Exception as exc:
+            await self._failed(subscription, delivery, event, envelope, exc)
+            return
+        await record.ack_handled(delivery, envelope.id)
+        if self._observers.outcome:
+            self._tell("ack", event, envelope, delivery.attempt)
+
     async def _failed(
         self,
         subscription: Subscription,
@@ -244,7 +271,7 @@ class Delivering:
         verdict: Verdict | None = None,
     ) -> None:
         observers = self._observers
-        if not observers.outcome and (action == "ack" or not observers.failure):
+        if not observers.outcome and (action in ("ack", "duplicate") or not observers.failure):
             return
         sub = self.sub
         observers.ended(

@@ -15,7 +15,8 @@ __all__ = ["Action", "DeadLetterErrors", "Observer", "Observers", "Outcome"]
 
 logger = logging.getLogger("eventbus")
 
-Action = Literal["ack", "retry", "dead-letter", "raise"]
+Action = Literal["ack", "retry", "dead-letter", "raise", "duplicate"]
+_SUCCESSES = ("ack", "duplicate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +24,10 @@ class Outcome:
     """What became of one handler attempt, or of a message that could not be decoded.
 
     - ``action``: ``"ack"`` (handled), ``"retry"`` (after ``delay`` seconds),
-      ``"dead-letter"`` (with ``reason``), or ``"raise"``: an immediate subscriber gave
-      up and its error reaches the publisher as ``ImmediateHandlerError``.
+      ``"dead-letter"`` (with ``reason``), ``"raise"`` (an immediate subscriber gave
+      up and its error reaches the publisher as ``ImmediateHandlerError``), or
+      ``"duplicate"`` (an idempotent subscriber's group handled this event id already:
+      acked without calling the handler).
     - ``group`` / ``handler``: who handled it (``handler`` is None for undecodable input).
     - ``envelope`` / ``event``: None when the message could not be decoded.
     - ``attempt``: the attempt's number; ``error``: its exception, None on ``"ack"``.
@@ -50,7 +53,8 @@ class Observer:
     - ``on_published``: the transport accepted an event (before immediate subscribers).
     - ``on_outcome``: one handler attempt ended (ack, retry, dead letter, or an
       immediate subscriber giving up), or an undecodable message was dead-lettered.
-    - ``on_failure``: the same, for failures only (every outcome but ``"ack"``).
+    - ``on_failure``: the same, for failures only (every outcome but ``"ack"`` and
+      ``"duplicate"``).
 
     Hooks are plain functions called in the bus's task: keep them short, never block.
     An exception from a hook is logged and ignored. Once every observer heard of a dead
@@ -117,7 +121,7 @@ class Observers:
                 observer.on_outcome(outcome)
             except Exception:
                 logger.exception("observer %r failed in on_outcome", observer)
-        if outcome.action == "ack":
+        if outcome.action in _SUCCESSES:
             return
         for observer in self.failure:
             try:

@@ -41,6 +41,7 @@ class Registry:
         concurrency: int = 1,
         timeout: float | None = None,
         mode: str = "background",
+        idempotent: bool = False,
     ) -> Callable[[H], H]:
         """Decorate an ``async def handler(event: SomeEvent[, context])`` to subscribe it.
 
@@ -56,6 +57,10 @@ class Registry:
         - ``timeout``: seconds an attempt may take before it fails (default: no limit).
         - ``mode``: ``"background"`` (default) runs after ``publish()`` returns;
           ``"immediate"`` runs inside ``publish()``.
+        - ``idempotent``: acknowledge, without calling the handler, a delivery of an
+          event id that the group already handled successfully (a redelivery after a
+          crash, or a second publish with the same id). The transport keeps the record
+          (for ``idempotency_ttl``); it needs the ``HandledRecord`` ability.
 
         Returns the handler unchanged, so it stays callable in unit tests. Raises
         ``ConfigurationError`` (a ``TypeError``) for a handler or option that does not fit.
@@ -69,6 +74,7 @@ class Registry:
                 concurrency=concurrency,
                 timeout=timeout,
                 mode=mode,
+                idempotent=idempotent,
             )
             self.add(sub)
             return handler

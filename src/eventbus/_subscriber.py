@@ -30,6 +30,8 @@ class Subscriber:
     - ``event_types``: the event classes it takes (from the first parameter's annotation).
     - ``group``: the unit of delivery; ``name``: the handler's qualified name for logs.
     - ``takes_context``: whether the handler has a second parameter for the ``Context``.
+    - ``idempotent``: a delivery of an event id the group already handled is acked
+      without calling the handler.
     """
 
     handler: Handler
@@ -41,6 +43,7 @@ class Subscriber:
     mode: Mode
     takes_context: bool
     name: str
+    idempotent: bool = False
 
 
 def make_subscriber(
@@ -51,6 +54,7 @@ def make_subscriber(
     concurrency: int,
     timeout: float | None,
     mode: str,
+    idempotent: bool = False,
 ) -> Subscriber:
     """Check a handler and its options and build its ``Subscriber``.
 
@@ -75,6 +79,13 @@ def make_subscriber(
         raise ConfigurationError(f"timeout= of {name} must be a number of seconds > 0")
     if mode not in ("background", "immediate"):
         raise ConfigurationError(f"mode= of {name} must be 'background' or 'immediate'")
+    if not isinstance(idempotent, bool):
+        raise ConfigurationError(f"idempotent= of {name} must be True or False")
+    if idempotent and mode != "background":
+        raise ConfigurationError(
+            f"idempotent=True of {name} needs mode='background': an immediate subscriber "
+            "runs once per publish() call"
+        )
     return Subscriber(
         handler=handler,
         event_types=_event_types(handler, params[0], name),
@@ -85,6 +96,7 @@ def make_subscriber(
         mode=typing.cast(Mode, mode),
         takes_context=len(params) == 2,
         name=name,
+        idempotent=idempotent,
     )
 
 

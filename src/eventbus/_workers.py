@@ -10,8 +10,9 @@ import anyio.abc
 from ._codec import Codec
 from ._consumer import Consumer
 from ._delivery import Delivering, logger
+from ._errors import ConfigurationError
 from ._subscriber import Subscriber
-from .transports._contract import Connection, IdleWaiting, Serving
+from .transports._contract import Connection, HandledRecord, IdleWaiting, Serving
 
 __all__ = ["Workers"]
 
@@ -49,6 +50,13 @@ class Workers:
         limiters = _lane_limiters(engine.sub)
         for event_type in engine.sub.event_types:
             subscription = await conn.subscribe(event_type.event_name, engine.sub.group)
+            if engine.sub.idempotent and not isinstance(subscription, HandledRecord):
+                await subscription.aclose()
+                raise ConfigurationError(
+                    f"idempotent=True of {engine.sub.name} needs a transport whose "
+                    "subscriptions offer HandledRecord; "
+                    f"{type(subscription).__name__} does not"
+                )
             limiter = limiters[event_type.event_urgent]
             consumer = Consumer(engine, subscription, event_type, self._codec, limiter)
             consumer.start(task_group)

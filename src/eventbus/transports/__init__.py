@@ -2,8 +2,9 @@
 
 The required contract is ``Transport``, ``Connection`` and ``Subscription``; the optional
 abilities a connection may offer are ``BatchPublishing``, ``DeadLetterStore``,
-``IdleWaiting``, ``Inspection``, ``Serving`` and ``ReferencePublishing``. The Redis
-transport lives in ``eventbus.transports.redis`` and is imported only when asked for.
+``IdleWaiting``, ``Inspection``, ``Serving`` and ``ReferencePublishing``, and a
+subscription ``HandledRecord``. The Redis transport lives in ``eventbus.transports.redis``
+and is imported only when asked for.
 """
 
 from ._contract import (
@@ -14,6 +15,7 @@ from ._contract import (
     FailureNotes,
     Features,
     GroupStats,
+    HandledRecord,
     IdleWaiting,
     Inspection,
     Message,
@@ -33,6 +35,7 @@ __all__ = [
     "FailureNotes",
     "Features",
     "GroupStats",
+    "HandledRecord",
     "IdleWaiting",
     "InMemoryTransport",
     "Inspection",

@@ -12,7 +12,8 @@ The required contract is three protocols, each with a short job:
 
 Abilities that only some transports have are optional protocols of the connection,
 found by the bus with ``isinstance``: ``BatchPublishing``, ``DeadLetterStore``,
-``IdleWaiting``, ``Inspection``, ``Serving`` and ``ReferencePublishing``.
+``IdleWaiting``, ``Inspection``, ``Serving`` and ``ReferencePublishing``; and one of a
+subscription, ``HandledRecord``.
 
 Delivery semantics every transport guarantees (the conformance suite checks them):
 
@@ -42,6 +43,7 @@ __all__ = [
     "FailureNotes",
     "Features",
     "GroupStats",
+    "HandledRecord",
     "IdleWaiting",
     "Inspection",
     "Message",
@@ -312,3 +314,24 @@ class ReferencePublishing(Protocol):
         self, topic: str, reference: object, *, timeout: float | None = None
     ) -> str:
         """Like ``publish``, for an object that never becomes bytes."""
+
+
+# -- optional ability of a subscription -----------------------------------------------
+
+
+@runtime_checkable
+class HandledRecord(Protocol):
+    """Remembers, for the subscription's group, the keys of the messages it handled
+    successfully, for a while (``subscribe(..., idempotent=True)``).
+
+    The bus asks ``handled(key)`` before calling the handler, and settles a success with
+    ``ack_handled`` instead of ``ack``: the record and the ack go together, so a
+    duplicate stays possible only when a worker dies between the handler's return and
+    that write.
+    """
+
+    async def handled(self, key: str) -> bool:
+        """Whether the group recorded ``key`` as handled (and the record has not expired)."""
+
+    async def ack_handled(self, delivery: Delivery, key: str) -> None:
+        """``ack(delivery)``, and record ``key`` as handled by the group."""

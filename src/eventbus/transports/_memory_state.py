@@ -31,6 +31,8 @@ class Group:
     space: deque[anyio.Event] = field(default_factory=deque)
     members: list[Sized] = field(default_factory=list)
     """What each open consumer of the group holds in flight (counted by ``stats``)."""
+    handled: dict[str, float] = field(default_factory=dict)
+    """Keys the group handled, each with the clock time it is forgotten, oldest first."""
 
     def wake_receiver(self) -> None:
         """Wake one task waiting for a delivery."""
@@ -53,8 +55,9 @@ class MemoryState:
     """Groups, history, dead letters and the count of unfinished messages of one
     transport; its connections and subscriptions all work on it."""
 
-    def __init__(self, max_queue: int, history: int, clock: Clock) -> None:
+    def __init__(self, max_queue: int, history: int, clock: Clock, handled_ttl: float) -> None:
         self.max_queue = max_queue
+        self.handled_ttl = handled_ttl
         self.history_len = history
         self.clock = clock
         self.groups: dict[str, dict[str, Group]] = {}
@@ -186,6 +189,22 @@ class MemoryState:
             if group.receivers:
                 group.wake_receiver()
         return mid
+
+    def is_handled(self, group: Group, key: str) -> bool:
+        """Whether ``group`` recorded ``key`` as handled, and the record has not expired."""
+        until = group.handled.get(key)
+        return until is not None and until > self.clock.now()
+
+    def remember(self, group: Group, key: str) -> None:
+        """Record ``key`` as handled by ``group`` for ``handled_ttl`` seconds; forget the
+        records that expired (they are kept oldest first)."""
+        now, handled = self.clock.now(), group.handled
+        handled.pop(key, None)
+        handled[key] = now + self.handled_ttl
+        for old in list(itertools.islice(handled, 64)):
+            if handled[old] > now:
+                break
+            del handled[old]
 
     def stats(self) -> list[GroupStats]:
         """Every group, sorted by topic then group."""

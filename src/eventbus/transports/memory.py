@@ -9,6 +9,7 @@ import anyio
 
 from eventbus._clock import Clock, MonotonicClock
 from eventbus._errors import ConfigurationError, TransportClosedError
+from eventbus._options import check_seconds
 
 from ._contract import (
     NO_BYTES,
@@ -42,6 +43,8 @@ class InMemoryTransport:
       Off by default: the connection then also offers ``ReferencePublishing``, and the
       bus hands events to subscribers by reference, never as bytes (events are
       immutable, so subscribers share the instance).
+    - ``idempotency_ttl`` (seconds, default one day): how long a group remembers the
+      event ids its idempotent subscribers handled (``HandledRecord``).
 
     Nothing survives the process. Share one instance between buses to connect them. A
     group lives as long as the transport, also after its last bus closed: its events wait
@@ -56,12 +59,14 @@ class InMemoryTransport:
         history: int = 10_000,
         clock: Clock | None = None,
         serialize: bool = False,
+        idempotency_ttl: float = 86_400.0,
     ) -> None:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ConfigurationError("InMemoryTransport(max_queue=...) must be an int >= 1")
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ConfigurationError("InMemoryTransport(history=...) must be an int >= 0")
-        self._state = MemoryState(max_queue, history, clock or MonotonicClock())
+        ttl = check_seconds("InMemoryTransport", "idempotency_ttl", idempotency_ttl, zero=False)
+        self._state = MemoryState(max_queue, history, clock or MonotonicClock(), ttl)
         self._serialize = serialize
 
     @property
@@ -232,6 +237,15 @@ class _MemorySubscription:
         s.outstanding -= 1
         if s.outstanding == 0:
             s.wake_idle()
+
+    async def handled(self, key: str) -> bool:
+        """Whether the group handled ``key`` within the last ``idempotency_ttl`` seconds."""
+        return self._s.is_handled(self._group, key)
+
+    async def ack_handled(self, delivery: Delivery, key: str) -> None:
+        """Ack, and record ``key`` as handled by the group."""
+        await self.ack(delivery)
+        self._s.remember(self._group, key)
 
     async def nack(self, delivery: Delivery, delay: float, notes: FailureNotes) -> None:
         """Deliver the message to the group again after ``delay`` seconds."""

@@ -12,10 +12,12 @@ from eventbus.transports import (
     Connection,
     DeadLetterStore,
     FailureNotes,
+    HandledRecord,
     IdleWaiting,
     Inspection,
     ReferencePublishing,
     Serving,
+    Subscription,
     Transport,
 )
 
@@ -33,10 +35,12 @@ from ._helpers import (
 __all__ = ["AbilityScenarios"]
 
 
-def skip_without(conn: Connection, kind: Any) -> None:
-    """Skip the scenario, saying why, when ``conn`` does not offer the ability ``kind``."""
+def skip_without(conn: object, kind: Any) -> None:
+    """Skip the scenario, saying why, when ``conn`` (a connection or a subscription) does
+    not offer the ability ``kind``."""
     if not isinstance(conn, kind):
-        pytest.skip(f"the connection does not offer {kind.__name__}")
+        what = "subscription" if isinstance(conn, Subscription) else "connection"
+        pytest.skip(f"the {what} does not offer {kind.__name__}")
 
 
 class AbilityScenarios:
@@ -128,6 +132,24 @@ class AbilityScenarios:
         await sub.dead_letter(await receive(sub), FailureNotes("retries-exhausted"))
         with anyio.fail_after(WAIT):
             await idle.wait_idle()
+
+    # -- HandledRecord (of a subscription) --------------------------------------------
+
+    async def test_handled_record_remembers_keys_per_group(self, conn: Connection) -> None:
+        """ack_handled() acks and records a key for the group; other groups do not see it."""
+        email = await conn.subscribe("orders", "email")
+        stock = await conn.subscribe("orders", "stock")
+        skip_without(email, HandledRecord)
+        assert isinstance(email, HandledRecord)
+        assert isinstance(stock, HandledRecord)
+        await publish_range(conn, "orders", [1])
+        delivery = await receive(email)
+        assert not await email.handled("event-1")
+        await email.ack_handled(delivery, "event-1")
+        assert await email.handled("event-1")
+        assert not await stock.handled("event-1")
+        assert await nothing_within(email, 0.2)
+        assert await receive_and_ack(stock, 1) == [1]
 
     # -- Inspection ----------------------------------------------------------------------
 
