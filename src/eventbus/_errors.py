@@ -9,7 +9,8 @@
     ├── PublishError                publish() did not accept the event
     │   ├── PublishTimeoutError         the transport stayed full past publish(timeout=)
     │   ├── PublishOutcomeUnknownError  sent, but no reply: the event may or may not be stored
-    │   └── PayloadTooLargeError        the encoded event exceeds the size limit
+    │   ├── PayloadTooLargeError        the encoded event exceeds the size limit
+    │   └── EncodeError                 a field or header cannot be turned into bytes
     ├── ImmediateHandlerError       an immediate subscriber failed inside publish()
     ├── HandlerTimeoutError         a handler attempt ran past its subscriber timeout
     ├── DecodeError                 bytes from a transport are not a valid event
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "DuplicateSubscriberError",
+    "EncodeError",
     "EventBusError",
     "HandlerTimeoutError",
     "ImmediateHandlerError",
@@ -85,6 +87,25 @@ class PublishOutcomeUnknownError(PublishError):
 
 class PayloadTooLargeError(PublishError, ValueError):
     """The encoded payload is larger than the configured maximum."""
+
+
+class EncodeError(PublishError, ValueError):
+    """The event cannot be turned into bytes: a field pydantic cannot serialize, or a
+    string that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) in a field
+    or a header. Nothing was written.
+
+    ``event_name`` is the event's wire name and ``field`` the field or header at fault
+    (``None`` when it could not be told). The message names them and the kind of
+    problem, never the value (payloads hold personal data).
+    """
+
+    def __init__(self, message: str, *, event_name: str, field: str | None) -> None:
+        super().__init__(message)
+        self.event_name = event_name
+        self.field = field
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_encode_error, (str(self), self.event_name, self.field)
 
 
 class ImmediateHandlerError(EventBusError):
@@ -154,6 +175,10 @@ class Retry(EventBusError):  # noqa: N818 - a request, not an error: `raise Retr
             raise ConfigurationError("Retry(delay=...) must be a finite number of seconds >= 0")
         super().__init__(message)
         self.delay = delay
+
+
+def _rebuild_encode_error(message: str, event_name: str, field: str | None) -> EncodeError:
+    return EncodeError(message, event_name=event_name, field=field)
 
 
 def _rebuild_immediate_error(message: str, event_id: str, handler: str) -> ImmediateHandlerError:

@@ -9,6 +9,7 @@ import anyio
 from redis.exceptions import RedisError, ResponseError
 
 from eventbus._errors import (
+    EncodeError,
     PublishOutcomeUnknownError,
     PublishTimeoutError,
     TransportClosedError,
@@ -50,11 +51,15 @@ class RedisConnection:
 
         Raises ``PublishOutcomeUnknownError`` when the command was sent but no reply came
         (the event may or may not be stored), ``PublishTimeoutError`` when Redis could not
-        be reached within ``timeout``, ``TransportError`` for other failures.
+        be reached within ``timeout``, ``EncodeError`` when a header is not valid Unicode,
+        ``TransportError`` for other failures.
         """
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        command = self._xadd.pack(topic, message)
+        try:
+            command = self._xadd.pack(topic, message)
+        except UnicodeEncodeError:
+            raise _unencodable(topic, message) from None
         (reply,) = await self._send_with_timeout([command], timeout)
         return reply
 
@@ -64,7 +69,10 @@ class RedisConnection:
         """XADD every message in one round trip (a pipeline, not a transaction)."""
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        commands = [self._xadd.pack(topic, message) for topic, message in items]
+        try:
+            commands = [self._xadd.pack(topic, message) for topic, message in items]
+        except UnicodeEncodeError:
+            raise next(_unencodable(t, m) for t, m in items if not _encodable(m)) from None
         return await self._send_with_timeout(commands, timeout) if commands else []
 
     async def _send_with_timeout(self, commands: list[bytes], timeout: float | None) -> list[str]:
@@ -249,6 +257,29 @@ async def _closed_quietly(sub: RedisSubscription) -> None:
         await sub.aclose()
     except Exception:  # one subscription's failure must not keep the others open
         logger.exception("closing the Redis subscription of %s failed", sub.group)
+
+
+def _encodable(message: Message) -> bool:
+    return all(_utf8(k) and _utf8(v) for k, v in message.headers.items())
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unencodable(topic: str, message: Message) -> EncodeError:
+    """Which header of ``message`` is not valid Unicode, without quoting it."""
+    field = next((k for k, v in message.headers.items() if not _utf8(v)), None)
+    what = f"its {field!r} header" if field else "a header name"
+    return EncodeError(
+        f"{topic} cannot be sent: {what} is not valid Unicode (a lone surrogate)",
+        event_name=topic,
+        field=field,
+    )
 
 
 def _warn_about(policy: str, aof: str, save: str) -> None:
