@@ -4,14 +4,18 @@ server, a batch that fails part-way."""
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from eventbus import EncodeError, EventBus
+from eventbus import EncodeError, EventBus, PublishOutcomeUnknownError, TransportError
+from eventbus.transports import Message
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated
 from tests.redis_server import RedisServer
+from tests.tcp_proxy import running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +67,69 @@ async def test_unencodable_fields_and_headers_raise_encode_error_and_store_nothi
     ]
     assert all(SECRET not in str(e) and e.__cause__ is None for e in errors)
     assert await redis_admin.xlen(f"{prefix}:{{OrderCreated}}") == 1
+
+
+class SkippedWaits:
+    """Stands in for ``anyio.current_time`` and ``anyio.sleep``: time runs as usual, but a
+    wait is skipped (the clock jumps by it at once), and where it ends is recorded, from
+    the clock reading that scheduled it."""
+
+    def __init__(self) -> None:
+        self._real_time, self._real_sleep = anyio.current_time, anyio.sleep
+        self._skipped = 0.0
+        self.readings: list[float] = []
+        self.wait_ends: list[float] = []
+
+    def current_time(self) -> float:
+        """Real time plus the waits skipped so far."""
+        self.readings.append(self._real_time() + self._skipped)
+        return self.readings[-1]
+
+    async def sleep(self, delay: float) -> None:
+        """Skip the wait; let other tasks run once."""
+        self.wait_ends.append(self.readings[-1] + delay)
+        self._skipped += delay
+        await self._real_sleep(0)
+
+
+async def test_publish_retry_for_is_a_deadline_the_backoff_never_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stopped: no wait between attempts ends past publish_retry_for; then it raises."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        transport = RedisTransport(server.url, publish_retry_for=0.5)
+        conn = await transport.connect()
+    finally:
+        server.stop()
+    clock = SkippedWaits()
+    monkeypatch.setattr(anyio, "current_time", clock.current_time)
+    monkeypatch.setattr(anyio, "sleep", clock.sleep)
+    try:
+        with pytest.raises(TransportError, match=r"publish_retry_for=0\.5") as raised:
+            await conn.publish("OrderCreated", Message(b"{}", {"id": "e-1"}))
+    finally:
+        monkeypatch.undo()
+        await conn.aclose()
+    deadline = clock.readings[0] + 0.5  # the first reading is when the publish began
+    assert not isinstance(raised.value, PublishOutcomeUnknownError)
+    assert len(clock.wait_ends) >= 2  # it did retry, with backoff
+    assert max(clock.wait_ends) == pytest.approx(deadline, abs=1e-6)  # the last, cut to the end
+    assert all(end <= deadline + 1e-9 for end in clock.wait_ends)
+
+
+async def test_connecting_counts_against_publish_retry_for(redis_server: RedisServer) -> None:
+    """A server that accepts but never answers: the connect attempt ends at the deadline."""
+    async with running_proxy(redis_server.port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        conn = await RedisTransport(url, publish_retry_for=0.3).connect()
+        proxy.silent = True  # the pool's connection stays open; new ones hang
+        try:
+            with anyio.fail_after(10):  # a guard against a hang, not a bound on speed
+                with pytest.raises(TransportError) as raised:
+                    await conn.publish("OrderCreated", Message(b"{}", {"id": "e-1"}))
+        finally:
+            await conn.aclose()
+    assert isinstance(raised.value.__cause__, TimeoutError)
+    assert proxy.connections == 2  # the pool's, then one attempt that used up the deadline

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
+from eventbus._backoff import Backoff
 from eventbus._errors import (
     EncodeError,
     PublishOutcomeUnknownError,
@@ -94,28 +95,40 @@ class RedisConnection:
 
     async def _send(self, commands: list[bytes], sent: list[bool]) -> list[str]:
         """Send the commands, trying again (with backoff) while Redis cannot be reached
-        and nothing was sent, for ``publish_retry_for`` seconds."""
+        and nothing was sent, until ``publish_retry_for`` seconds have passed: a deadline
+        that the connection attempts and the waits between them never run past."""
         backoff = self.state.backoff()
-        give_up = anyio.current_time() + self.state.settings.publish_retry_for
+        retry_for = self.state.settings.publish_retry_for
+        give_up = anyio.current_time() + retry_for
         packed = b"".join(commands)
         while True:
             try:
-                replies = await self._attempt(packed, len(commands), sent)
+                replies = await self._attempt(packed, len(commands), sent, give_up)
                 break
             except self.state.connection_errors as exc:  # nothing was sent: safe to repeat
-                if sent or anyio.current_time() >= give_up:
-                    raise TransportError("cannot reach Redis to publish") from exc
-            await self.state.back_off(backoff, "publishing")
+                left = give_up - anyio.current_time()
+                if sent or left <= 0:
+                    raise TransportError(
+                        f"cannot reach Redis to publish (publish_retry_for={retry_for} s)"
+                    ) from exc
+            await _back_off(backoff, left)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise TransportError(f"Redis refused an event: {reply}")
         return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 
-    async def _attempt(self, packed: bytes, count: int, sent: list[bool]) -> list[Any]:
-        """One try on a link; a connection error means nothing was sent."""
+    async def _attempt(
+        self, packed: bytes, count: int, sent: list[bool], give_up: float
+    ) -> list[Any]:
+        """One try on a link; a connection error means nothing was sent. Connecting a
+        new link must end by ``give_up`` (a ``TimeoutError``, an ``OSError``, if not)."""
         conn = self._links.take()  # raises once the connection is closed
         try:
-            await ensure_connected(conn)
+            if conn.is_connected:  # the hot path: no cancel scope
+                await ensure_connected(conn)
+            else:
+                with anyio.fail_after(max(give_up - anyio.current_time(), 0)):
+                    await ensure_connected(conn)
             return await self._send_on(conn, packed, count, sent)
         finally:
             await self._links.give_back(conn)
@@ -257,6 +270,18 @@ async def _closed_quietly(sub: RedisSubscription) -> None:
         await sub.aclose()
     except Exception:  # one subscription's failure must not keep the others open
         logger.exception("closing the Redis subscription of %s failed", sub.group)
+
+
+async def _back_off(backoff: Backoff, left: float) -> None:
+    """Count a failure to reach Redis, log it, and wait the backoff's next delay, cut
+    to the ``left`` seconds before the publish gives up."""
+    delay = min(backoff.failed(), left)
+    logger.warning(
+        "Redis unreachable while publishing (failure %d); retrying in %.2f s",
+        backoff.failures,
+        delay,
+    )
+    await anyio.sleep(delay)
 
 
 def _encodable(message: Message) -> bool:
