@@ -43,6 +43,7 @@ EXPECTED_ALL = {
         "PayloadTooLargeError",
         "PublishError",
         "PublishOutcomeUnknownError",
+        "PublishRefusedError",
         "PublishTimeoutError",
         "Retry",
         "TransportClosedError",
@@ -89,6 +90,7 @@ EXCEPTION_PARENTS: dict[str, str] = {
     "MalformedMessageError": "DecodeError",
     "TransportError": "EventBusError",
     "TransportClosedError": "TransportError",
+    "PublishRefusedError": "TransportError",
     "Retry": "EventBusError",
 }
 

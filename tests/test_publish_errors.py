@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from eventbus import EncodeError, Event, EventBus, InMemoryTransport, PublishError
+from eventbus import (
+    EncodeError,
+    Event,
+    EventBus,
+    InMemoryTransport,
+    PublishError,
+    PublishOutcomeUnknownError,
+    PublishRefusedError,
+)
 from eventbus.testing import drain
 
 pytestmark = pytest.mark.anyio
@@ -62,10 +70,14 @@ async def test_an_unencodable_event_raises_encode_error_on_a_serializing_transpo
     assert handled == []  # the batch was checked whole before any event was sent
 
 
-def test_encode_error_survives_pickling() -> None:
-    """EncodeError keeps its message, event name and field through pickle (worker pools)."""
-    error = EncodeError("Note cannot be encoded", event_name="Note", field="text")
+def test_publish_errors_keep_their_attributes_through_pickling() -> None:
+    """EncodeError, PublishOutcomeUnknownError and PublishRefusedError survive pickle."""
+    encode = EncodeError("Note cannot be encoded", event_name="Note", field="text")
+    unknown = PublishOutcomeUnknownError("the first 4 of 10", stored=4)
+    refused = PublishRefusedError("refused 1 of 2", stored_ids=("1-0", None))
 
-    copy = pickle.loads(pickle.dumps(error))
+    copies = [pickle.loads(pickle.dumps(error)) for error in (encode, unknown, refused)]
 
-    assert (str(copy), copy.event_name, copy.field) == (str(error), "Note", "text")
+    assert (str(copies[0]), copies[0].event_name, copies[0].field) == (str(encode), "Note", "text")
+    assert (str(copies[1]), copies[1].stored) == (str(unknown), 4)
+    assert (str(copies[2]), copies[2].stored_ids) == (str(refused), ("1-0", None))

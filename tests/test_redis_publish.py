@@ -3,6 +3,7 @@ server, a batch that fails part-way."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,20 @@ from typing import Any
 import anyio
 import pytest
 
-from eventbus import EncodeError, EventBus, PublishOutcomeUnknownError, TransportError
+from eventbus import (
+    EncodeError,
+    Envelope,
+    Event,
+    EventBus,
+    Middleware,
+    Next,
+    PublishOutcomeUnknownError,
+    PublishRefusedError,
+    TransportError,
+)
 from eventbus.transports import Message
 from eventbus.transports.redis import RedisTransport
-from tests.events import OrderCreated
+from tests.events import OrderCreated, OrderPaid
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import running_proxy
 
@@ -133,3 +144,66 @@ async def test_connecting_counts_against_publish_retry_for(redis_server: RedisSe
             await conn.aclose()
     assert isinstance(raised.value.__cause__, TimeoutError)
     assert proxy.connections == 2  # the pool's, then one attempt that used up the deadline
+
+
+async def test_a_batch_refused_in_part_says_which_events_were_stored(
+    transport: RedisTransport, redis_admin: Any, prefix: str
+) -> None:
+    """One stream key of the wrong type: PublishRefusedError gives each event's id or None."""
+    await redis_admin.set(f"{prefix}:{{OrderPaid}}", "not a stream")
+    batch = [OrderCreated(order_id="a"), OrderPaid(order_id="b"), OrderCreated(order_id="c")]
+    async with EventBus(transport=transport) as bus:
+        with pytest.raises(PublishRefusedError, match="WRONGTYPE") as raised:
+            await bus.publish_many(batch)
+        with pytest.raises(PublishRefusedError) as single:
+            await bus.publish(OrderPaid(order_id="d"))
+    entries = await redis_admin.xrange(f"{prefix}:{{OrderCreated}}")
+    stored_ids = raised.value.stored_ids
+    assert stored_ids[1] is None
+    assert [i for i in stored_ids if i is not None] == [e[0].decode() for e in entries]
+    assert [json.loads(e[1][b"payload"])["order_id"] for e in entries] == ["a", "c"]
+    assert single.value.stored_ids == (None,)
+    assert isinstance(raised.value, TransportError)
+
+
+async def test_a_batch_cut_midway_says_how_many_first_events_are_stored(
+    redis_server: RedisServer, redis_admin: Any, prefix: str
+) -> None:
+    """The connection closes after 4 of 10 replies: PublishOutcomeUnknownError(stored=4)."""
+    batch = [OrderCreated(order_id=f"o-{i}") for i in range(10)]
+    async with running_proxy(redis_server.port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with EventBus(transport=RedisTransport(url, prefix=prefix)) as bus:
+            await bus.publish(OrderCreated(order_id="warm-up"))  # the publish link is open
+            proxy.cut_after_ids(4)
+            with pytest.raises(PublishOutcomeUnknownError) as raised:
+                await bus.publish_many(batch)
+            again = await bus.publish_many(batch[raised.value.stored :])  # the advised retry
+    entries = await redis_admin.xrange(f"{prefix}:{{OrderCreated}}")
+    stored = [json.loads(fields[b"payload"])["order_id"] for _, fields in entries]
+    assert raised.value.stored == 4
+    assert "the first 4 of 10 events are stored" in str(raised.value)
+    assert stored[:5] == ["warm-up", "o-0", "o-1", "o-2", "o-3"]  # known stored: not repeated
+    assert len(again) == 6
+
+
+class PassOn(Middleware):
+    """A middleware that passes every publish on (so publish_many goes one by one)."""
+
+    async def on_publish(self, event: Event, envelope: Envelope, call_next: Next) -> None:
+        """Just the next step."""
+        await call_next()
+
+
+async def test_a_batch_sent_one_by_one_stops_at_a_refusal_and_says_what_was_stored(
+    transport: RedisTransport, redis_admin: Any, prefix: str
+) -> None:
+    """With middleware: the ids of the events before the refused one, then None; no more."""
+    await redis_admin.set(f"{prefix}:{{OrderPaid}}", "not a stream")
+    batch = [OrderCreated(order_id="a"), OrderPaid(order_id="b"), OrderCreated(order_id="c")]
+    async with EventBus(transport=transport, middleware=[PassOn()]) as bus:
+        with pytest.raises(PublishRefusedError) as raised:
+            await bus.publish_many(batch)
+    entries = await redis_admin.xrange(f"{prefix}:{{OrderCreated}}")
+    assert raised.value.stored_ids == (entries[0][0].decode(), None)
+    assert len(entries) == 1  # "c" was not sent
