@@ -14,7 +14,13 @@ from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
 from ._deadletter import DeadLetter, from_stored
 from ._delivery import Delivering, run_immediate
 from ._envelope import Envelope, EnvelopeFactory
-from ._errors import BusStateError, ConfigurationError, ImmediateHandlerError
+from ._errors import (
+    BusStateError,
+    ConfigurationError,
+    ImmediateHandlerError,
+    PublishOutcomeUnknownError,
+    PublishRefusedError,
+)
 from ._event import Event
 from ._middleware import Middleware, run_around
 from ._observer import DeadLetterErrors, Observer, Observers
@@ -266,8 +272,10 @@ class EventBus:
         something that is not an event or bad headers or ids, ``PublishTimeoutError``
         when the transport had no room within ``timeout`` seconds,
         ``PayloadTooLargeError`` when the event encodes past the size limit,
+        ``EncodeError`` when a field (or, on Redis, an id) cannot be encoded,
         ``PublishOutcomeUnknownError`` when the transport cannot tell whether it stored
-        the event, ``TransportError`` when the transport failed, and
+        the event, ``PublishRefusedError`` (a ``TransportError``) when the backend
+        refused it, ``TransportError`` when the transport failed, and
         ``ImmediateHandlerError`` when an immediate subscriber failed (the event was
         published all the same). Safe to call from many tasks at once.
         """
@@ -302,11 +310,22 @@ class EventBus:
         """Publish several events at once, in order; return their envelopes.
 
         The transport may send them in one round trip (Redis pipelines the writes); the
-        middleware still sees each event. Every event is checked (and encoded) before
-        any is sent. The same errors as ``publish()``; on a transport failure a first
-        part of the batch may have been stored (``PublishOutcomeUnknownError`` says the
-        outcome is unknown). Immediate subscribers run after the whole batch is written,
-        for every event; the first ``ImmediateHandlerError`` is raised after all of them.
+        middleware still sees each event (then they go one by one). Every event is
+        checked (and encoded) before any is sent. The same errors as ``publish()``; on a
+        failure midway, the error says what part of the batch was stored, so that a
+        retry duplicates nothing known:
+
+        - ``PublishOutcomeUnknownError``: ``.stored`` of the first events are stored; the
+          others may or may not be (republish ``events[exc.stored:]`` if a duplicate of
+          those is acceptable, or check first).
+        - ``PublishRefusedError`` (a ``TransportError``): the transport refused some
+          events; ``.stored_ids`` has, for each event sent in order, its id when stored
+          and None when not. Events past its end were not sent.
+
+        After another error, nothing of a batch sent in one round trip is stored; sent one
+        by one, the events before the failing one are. Immediate
+        subscribers run after the whole batch is written, for every event; the first
+        ``ImmediateHandlerError`` is raised after all of them.
         """
         self._open_connection()
         make = self._envelopes.make
@@ -323,10 +342,8 @@ class EventBus:
             )
             for event, envelope in batch:
                 self._observers.published_event(event, envelope)
-        else:  # one by one: the observers hear of each event as it is accepted
-            write = self._write_around if self._on_publish else self._write
-            for (event, envelope), item in zip(batch, items, strict=True):
-                await write(event, envelope, item, timeout, False)
+        else:
+            await self._write_each(batch, items, timeout)
         first: ImmediateHandlerError | None = None
         for event, envelope in batch:
             engines = self._immediate.get(type(event))
@@ -339,32 +356,54 @@ class EventBus:
             raise first
         return [envelope for _, envelope in batch]
 
+    async def _write_each(
+        self, batch: list[tuple[Event, Envelope]], items: list[object], timeout: float | None
+    ) -> None:
+        """Hand the events over one by one: the observers hear of each as it is accepted.
+        A failure counts the events handed over before it (``stored``, ``stored_ids``)."""
+        write = self._write_around if self._on_publish else self._write
+        ids: list[str | None] = []
+        for (event, envelope), item in zip(batch, items, strict=True):
+            try:
+                ids.append(await write(event, envelope, item, timeout, False))
+            except PublishOutcomeUnknownError as exc:
+                exc.stored += len(ids)
+                raise
+            except PublishRefusedError as exc:
+                exc.stored_ids = (*ids, *exc.stored_ids)
+                raise
+
     async def _write(
         self, event: Event, envelope: Envelope, item: object, timeout: float | None, immediate: bool
-    ) -> None:
+    ) -> str:
         """Hand one event to the transport (``item``: what it gets, made here when None),
-        tell the observers, then run its immediate subscribers when ``immediate``."""
+        tell the observers, then run its immediate subscribers when ``immediate``; return
+        the transport's id of it."""
         publish_to = self._publish_to
         if publish_to is None:
             raise self._not_running()
         if item is None:
             item = (event, envelope) if self._by_reference else self._codec.encode(event, envelope)
-        await publish_to(envelope.name, item, timeout=timeout)
+        stored_id: str = await publish_to(envelope.name, item, timeout=timeout)
         if self._observers.published:
             self._observers.published_event(event, envelope)
         engines = self._immediate.get(type(event))
         if immediate and engines:
             await run_immediate(engines, event, envelope)
+        return stored_id
 
     async def _write_around(
         self, event: Event, envelope: Envelope, item: object, timeout: float | None, immediate: bool
-    ) -> None:
-        """``_write`` within the middleware's ``on_publish`` hooks."""
+    ) -> str | None:
+        """``_write`` within the middleware's ``on_publish`` hooks; the transport's id of
+        the event, None when a middleware did not pass it on."""
+        stored: list[str] = []
 
         async def write() -> None:
-            await self._write(event, envelope, item, timeout, immediate)
+            stored.append(await self._write(event, envelope, item, timeout, immediate))
 
         await run_around(self._on_publish, (event, envelope), write)
+        return stored[0] if stored else None
 
     # -- waiting and dead letters -----------------------------------------------------
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ._envelope import Envelope
 from ._errors import (
     ConfigurationError,
+    EncodeError,
     MalformedMessageError,
     PayloadTooLargeError,
     UnknownEventError,
@@ -68,12 +69,17 @@ class Codec:
         return self._types.get(name)
 
     def encode(self, event: Event, envelope: Envelope) -> Message:
-        """The event as a message; raises ``PayloadTooLargeError`` past the size limit."""
+        """The event as a message; raises ``PayloadTooLargeError`` past the size limit and
+        ``EncodeError`` when a field cannot be serialized."""
         return Message(self.encode_body(event), self.encode_headers(envelope))
 
     def encode_body(self, event: Event) -> bytes:
-        """The event's JSON; raises ``PayloadTooLargeError`` past the size limit."""
-        body = event.__pydantic_serializer__.to_json(event, by_alias=True)
+        """The event's JSON; raises ``PayloadTooLargeError`` past the size limit and
+        ``EncodeError`` when a field cannot be serialized."""
+        try:
+            body = event.__pydantic_serializer__.to_json(event, by_alias=True)
+        except ValueError:  # pydantic's PydanticSerializationError, which may quote data
+            raise _encode_error(event) from None
         if len(body) > self.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"{event.event_name} encodes to {len(body)} bytes, more than the limit of "
@@ -254,6 +260,30 @@ def _user_headers(raw: object) -> Mapping[str, str]:
     ):
         raise MalformedMessageError("the headers header is not a JSON object of strings")
     return MappingProxyType(parsed)
+
+
+def _encode_error(event: Event) -> EncodeError:
+    """Which field of ``event`` cannot be encoded, and how, without quoting its value."""
+    serializer = event.__pydantic_serializer__
+    for name in type(event).model_fields:
+        try:
+            serializer.to_json(event, include={name}, by_alias=True)
+        except ValueError as exc:
+            kind = (
+                "a string that is not valid Unicode (a lone surrogate)"
+                if "surrogate" in str(exc)
+                else "a value that pydantic cannot serialize"
+            )
+            return EncodeError(
+                f"{event.event_name} cannot be encoded: its field {name!r} holds {kind}",
+                event_name=event.event_name,
+                field=name,
+            )
+    return EncodeError(
+        f"{event.event_name} cannot be encoded (pydantic cannot serialize it)",
+        event_name=event.event_name,
+        field=None,
+    )
 
 
 def _summary(exc: BaseException, event_type: type[Event]) -> str:

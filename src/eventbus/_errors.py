@@ -9,7 +9,8 @@
     ├── PublishError                publish() did not accept the event
     │   ├── PublishTimeoutError         the transport stayed full past publish(timeout=)
     │   ├── PublishOutcomeUnknownError  sent, but no reply: the event may or may not be stored
-    │   └── PayloadTooLargeError        the encoded event exceeds the size limit
+    │   ├── PayloadTooLargeError        the encoded event exceeds the size limit
+    │   └── EncodeError                 a field or header cannot be turned into bytes
     ├── ImmediateHandlerError       an immediate subscriber failed inside publish()
     ├── HandlerTimeoutError         a handler attempt ran past its subscriber timeout
     ├── DecodeError                 bytes from a transport are not a valid event
@@ -17,7 +18,8 @@
     │   ├── VersionMismatchError        the version differs from the registered one
     │   └── MalformedMessageError       bad JSON, missing envelope fields, schema violation
     ├── TransportError              the transport failed (the backend error is the __cause__)
-    │   └── TransportClosedError        the transport connection was closed
+    │   ├── TransportClosedError        the transport connection was closed
+    │   └── PublishRefusedError         the backend refused events; .stored_ids says which
     └── Retry                       raised by a handler to ask for another attempt
 
 pydantic's ``ValidationError`` is raised unchanged when an event is constructed with
@@ -31,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "DuplicateSubscriberError",
+    "EncodeError",
     "EventBusError",
     "HandlerTimeoutError",
     "ImmediateHandlerError",
@@ -38,6 +41,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PublishError",
     "PublishOutcomeUnknownError",
+    "PublishRefusedError",
     "PublishTimeoutError",
     "Retry",
     "TransportClosedError",
@@ -80,11 +84,41 @@ class PublishOutcomeUnknownError(PublishError):
 
     Retrying blindly may publish it twice; consumers should be idempotent, or the
     application can check before publishing again.
+
+    ``stored``: how many of the first events of a ``publish_many`` batch are known to be
+    stored (their replies came before the failure); the outcome of the others is unknown.
+    Republishing ``events[stored:]`` repeats none of the known ones. 0 for ``publish()``.
     """
+
+    def __init__(self, message: str, *, stored: int = 0) -> None:
+        super().__init__(message)
+        self.stored = stored
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_outcome_unknown, (str(self), self.stored)
 
 
 class PayloadTooLargeError(PublishError, ValueError):
     """The encoded payload is larger than the configured maximum."""
+
+
+class EncodeError(PublishError, ValueError):
+    """The event cannot be turned into bytes: a field pydantic cannot serialize, or a
+    string that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) in a field
+    or a header. Nothing was written.
+
+    ``event_name`` is the event's wire name and ``field`` the field or header at fault
+    (``None`` when it could not be told). The message names them and the kind of
+    problem, never the value (payloads hold personal data).
+    """
+
+    def __init__(self, message: str, *, event_name: str, field: str | None) -> None:
+        super().__init__(message)
+        self.event_name = event_name
+        self.field = field
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_encode_error, (str(self), self.event_name, self.field)
 
 
 class ImmediateHandlerError(EventBusError):
@@ -142,6 +176,24 @@ class TransportClosedError(TransportError):
     """The transport connection, or the subscription, was already closed."""
 
 
+class PublishRefusedError(TransportError):
+    """The backend answered, refusing one or more events (Redis: ``WRONGTYPE``, ``OOM``,
+    ``NOPERM``); the others of the batch may be stored.
+
+    ``stored_ids`` has one item per event sent, in the batch's order: the id under which
+    it was stored, or None where it was refused. Events of the batch past
+    ``len(stored_ids)`` were not sent (publishing one by one stops at the first refusal).
+    Republishing the events whose item is None (and those past the end) duplicates none.
+    """
+
+    def __init__(self, message: str, *, stored_ids: tuple[str | None, ...]) -> None:
+        super().__init__(message)
+        self.stored_ids = stored_ids
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_refused, (str(self), self.stored_ids)
+
+
 class Retry(EventBusError):  # noqa: N818 - a request, not an error: `raise Retry(delay=5)`
     """Raise from a handler to ask for another attempt.
 
@@ -154,6 +206,18 @@ class Retry(EventBusError):  # noqa: N818 - a request, not an error: `raise Retr
             raise ConfigurationError("Retry(delay=...) must be a finite number of seconds >= 0")
         super().__init__(message)
         self.delay = delay
+
+
+def _rebuild_outcome_unknown(message: str, stored: int) -> PublishOutcomeUnknownError:
+    return PublishOutcomeUnknownError(message, stored=stored)
+
+
+def _rebuild_refused(message: str, stored_ids: tuple[str | None, ...]) -> PublishRefusedError:
+    return PublishRefusedError(message, stored_ids=stored_ids)
+
+
+def _rebuild_encode_error(message: str, event_name: str, field: str | None) -> EncodeError:
+    return EncodeError(message, event_name=event_name, field=field)
 
 
 def _rebuild_immediate_error(message: str, event_id: str, handler: str) -> ImmediateHandlerError:

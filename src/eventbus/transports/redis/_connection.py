@@ -8,8 +8,11 @@ from typing import Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
+from eventbus._backoff import Backoff
 from eventbus._errors import (
+    EncodeError,
     PublishOutcomeUnknownError,
+    PublishRefusedError,
     PublishTimeoutError,
     TransportClosedError,
     TransportError,
@@ -18,7 +21,7 @@ from eventbus.transports._contract import GroupStats, Message, StoredDeadLetter
 
 from ._commands import XaddCommand
 from ._dead_letters import DeadLetterStreams
-from ._links import ensure_connected, round_trip
+from ._links import ensure_connected
 from ._state import RedisState, Settings, logger, wrapped
 from ._subscription import RedisSubscription
 
@@ -50,77 +53,109 @@ class RedisConnection:
 
         Raises ``PublishOutcomeUnknownError`` when the command was sent but no reply came
         (the event may or may not be stored), ``PublishTimeoutError`` when Redis could not
-        be reached within ``timeout``, ``TransportError`` for other failures.
+        be reached within ``timeout``, ``EncodeError`` when a header is not valid Unicode,
+        ``PublishRefusedError`` when Redis refused it (``WRONGTYPE``, ``OOM``, ``NOPERM``),
+        ``TransportError`` for other failures.
         """
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        command = self._xadd.pack(topic, message)
+        try:
+            command = self._xadd.pack(topic, message)
+        except UnicodeEncodeError:
+            raise _unencodable(topic, message) from None
         (reply,) = await self._send_with_timeout([command], timeout)
         return reply
 
     async def publish_many(
         self, items: Sequence[tuple[str, Message]], *, timeout: float | None = None
     ) -> list[str]:
-        """XADD every message in one round trip (a pipeline, not a transaction)."""
+        """XADD every message in one round trip (a pipeline, not a transaction).
+
+        Raises as ``publish``, saying what part of the batch was stored: Redis carries out
+        every command it received, in order, each on its own. ``PublishRefusedError``
+        when it refused some (``stored_ids``: each event's id, None where refused);
+        ``PublishOutcomeUnknownError`` when the replies stopped coming (``stored``: how
+        many of the first events Redis confirmed; the others may or may not be stored).
+        """
         if self._closed:
             raise TransportClosedError("publish on a closed connection")
-        commands = [self._xadd.pack(topic, message) for topic, message in items]
+        try:
+            commands = [self._xadd.pack(topic, message) for topic, message in items]
+        except UnicodeEncodeError:
+            raise next(_unencodable(t, m) for t, m in items if not _encodable(m)) from None
         return await self._send_with_timeout(commands, timeout) if commands else []
 
     async def _send_with_timeout(self, commands: list[bytes], timeout: float | None) -> list[str]:
+        """Send, then raise ``PublishRefusedError`` when Redis refused any command."""
         sent: list[bool] = []
+        replies: list[Any] = []  # those read so far, in order
         if timeout is None:
-            return await self._send(commands, sent)
+            return await self._send(commands, sent, replies)
         try:
             with anyio.fail_after(timeout):
-                return await self._send(commands, sent)
+                return await self._send(commands, sent, replies)
         except TimeoutError:
             if sent:
-                raise PublishOutcomeUnknownError(
-                    f"Redis did not confirm within {timeout} s after the event was sent; "
-                    "it may or may not be stored"
+                raise _outcome_unknown(
+                    f"Redis did not confirm within {timeout} s after the event was sent",
+                    replies,
+                    len(commands),
                 ) from None
             raise PublishTimeoutError(
                 f"Redis did not accept the event within {timeout} s"
             ) from None
 
-    async def _send(self, commands: list[bytes], sent: list[bool]) -> list[str]:
+    async def _send(self, commands: list[bytes], sent: list[bool], replies: list[Any]) -> list[str]:
         """Send the commands, trying again (with backoff) while Redis cannot be reached
-        and nothing was sent, for ``publish_retry_for`` seconds."""
+        and nothing was sent, until ``publish_retry_for`` seconds have passed: a deadline
+        that the connection attempts and the waits between them never run past."""
         backoff = self.state.backoff()
-        give_up = anyio.current_time() + self.state.settings.publish_retry_for
+        retry_for = self.state.settings.publish_retry_for
+        give_up = anyio.current_time() + retry_for
         packed = b"".join(commands)
         while True:
             try:
-                replies = await self._attempt(packed, len(commands), sent)
+                await self._attempt(packed, len(commands), sent, replies, give_up)
                 break
             except self.state.connection_errors as exc:  # nothing was sent: safe to repeat
-                if sent or anyio.current_time() >= give_up:
-                    raise TransportError("cannot reach Redis to publish") from exc
-            await self.state.back_off(backoff, "publishing")
+                left = give_up - anyio.current_time()
+                if sent or left <= 0:
+                    raise TransportError(
+                        f"cannot reach Redis to publish (publish_retry_for={retry_for} s)"
+                    ) from exc
+            await _back_off(backoff, left)
         for reply in replies:
             if isinstance(reply, ResponseError):
-                raise TransportError(f"Redis refused an event: {reply}")
+                raise _refused(replies)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 
-    async def _attempt(self, packed: bytes, count: int, sent: list[bool]) -> list[Any]:
-        """One try on a link; a connection error means nothing was sent."""
+    async def _attempt(
+        self, packed: bytes, count: int, sent: list[bool], replies: list[Any], give_up: float
+    ) -> None:
+        """One try on a link, reading the replies into ``replies``; a connection error
+        means nothing was sent. Connecting a new link must end by ``give_up`` (a
+        ``TimeoutError``, an ``OSError``, if not)."""
         conn = self._links.take()  # raises once the connection is closed
         try:
-            await ensure_connected(conn)
-            return await self._send_on(conn, packed, count, sent)
+            if conn.is_connected:  # the hot path: no cancel scope
+                await ensure_connected(conn)
+            else:
+                with anyio.fail_after(max(give_up - anyio.current_time(), 0)):
+                    await ensure_connected(conn)
+            await self._send_on(conn, packed, count, sent, replies)
         finally:
             await self._links.give_back(conn)
 
-    async def _send_on(self, conn: Any, packed: bytes, count: int, sent: list[bool]) -> list[Any]:
+    async def _send_on(
+        self, conn: Any, packed: bytes, count: int, sent: list[bool], replies: list[Any]
+    ) -> None:
         try:
             sent.append(True)  # from here on, Redis may have the commands
-            return await round_trip(conn, packed, count)
+            await _round_trip_into(conn, packed, count, replies)
         except self.state.connection_errors as exc:
             await conn.disconnect()
-            raise PublishOutcomeUnknownError(
-                "the connection to Redis broke after the event was sent; "
-                "it may or may not be stored"
+            raise _outcome_unknown(
+                "the connection to Redis broke after the event was sent", replies, count
             ) from exc
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -249,6 +284,81 @@ async def _closed_quietly(sub: RedisSubscription) -> None:
         await sub.aclose()
     except Exception:  # one subscription's failure must not keep the others open
         logger.exception("closing the Redis subscription of %s failed", sub.group)
+
+
+async def _round_trip_into(conn: Any, packed: bytes, count: int, replies: list[Any]) -> None:
+    """``round_trip``, reading the replies into ``replies``: on a failure, those read so
+    far tell which of the first commands Redis carried out."""
+    await conn.send_packed_command(packed, check_health=False)
+    while len(replies) < count:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+
+
+def _outcome_unknown(what: str, replies: list[Any], count: int) -> PublishOutcomeUnknownError:
+    """The outcome of the commands past the first ``stored`` (those Redis confirmed,
+    up to the first refusal) is unknown."""
+    stored = next((i for i, r in enumerate(replies) if isinstance(r, ResponseError)), None)
+    stored = len(replies) if stored is None else stored
+    if count == 1:
+        return PublishOutcomeUnknownError(f"{what}; it may or may not be stored")
+    return PublishOutcomeUnknownError(
+        f"{what}: the first {stored} of {count} events are stored, the others may or "
+        "may not be (PublishOutcomeUnknownError.stored)",
+        stored=stored,
+    )
+
+
+def _refused(replies: list[Any]) -> PublishRefusedError:
+    """Redis refused some commands: which events were stored, under which ids."""
+    ids = tuple(None if isinstance(r, ResponseError) else _text(r) for r in replies)
+    first = next(r for r in replies if isinstance(r, ResponseError))
+    return PublishRefusedError(
+        f"Redis refused {ids.count(None)} of {len(ids)} events, the first with: {first} "
+        "(PublishRefusedError.stored_ids says which were stored)",
+        stored_ids=ids,
+    )
+
+
+def _text(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+async def _back_off(backoff: Backoff, left: float) -> None:
+    """Count a failure to reach Redis, log it, and wait the backoff's next delay, cut
+    to the ``left`` seconds before the publish gives up."""
+    delay = min(backoff.failed(), left)
+    logger.warning(
+        "Redis unreachable while publishing (failure %d); retrying in %.2f s",
+        backoff.failures,
+        delay,
+    )
+    await anyio.sleep(delay)
+
+
+def _encodable(message: Message) -> bool:
+    return all(_utf8(k) and _utf8(v) for k, v in message.headers.items())
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unencodable(topic: str, message: Message) -> EncodeError:
+    """Which header of ``message`` is not valid Unicode, without quoting it."""
+    field = next((k for k, v in message.headers.items() if not _utf8(v)), None)
+    what = f"its {field!r} header" if field else "a header name"
+    return EncodeError(
+        f"{topic} cannot be sent: {what} is not valid Unicode (a lone surrogate)",
+        event_name=topic,
+        field=field,
+    )
 
 
 def _warn_about(policy: str, aof: str, save: str) -> None:

@@ -53,7 +53,8 @@ class RedisTransport:
     - ``maxlen``: approximate cap of each stream (default None: keep everything; a cap
       drops entries that a slow group has not read yet).
     - ``publish_retry_for``: seconds publish keeps retrying to reach Redis when nothing
-      was sent yet (default 5).
+      was sent yet (default 5): a deadline, which the waits between attempts and the
+      connecting of a new connection never run past; then ``TransportError``.
     - ``socket_timeout``: seconds a command may wait for Redis's reply (default None:
       TCP keepalive notices a dead server; ``publish(timeout=...)`` bounds one publish).
       Setting it costs some latency on every command. Keep it above ``block``.
