@@ -21,7 +21,7 @@ from eventbus.transports._contract import GroupStats, Message, StoredDeadLetter
 
 from ._commands import XaddCommand
 from ._dead_letters import DeadLetterStreams
-from ._links import ensure_connected
+from ._links import ensure_connected, round_trip
 from ._state import RedisState, Settings, logger, wrapped
 from ._subscription import RedisSubscription
 
@@ -151,7 +151,7 @@ class RedisConnection:
     ) -> None:
         try:
             sent.append(True)  # from here on, Redis may have the commands
-            await _round_trip_into(conn, packed, count, replies)
+            await round_trip(conn, packed, count, replies)
         except self.state.connection_errors as exc:
             await conn.disconnect()
             raise _outcome_unknown(
@@ -284,17 +284,6 @@ async def _closed_quietly(sub: RedisSubscription) -> None:
         await sub.aclose()
     except Exception:  # one subscription's failure must not keep the others open
         logger.exception("closing the Redis subscription of %s failed", sub.group)
-
-
-async def _round_trip_into(conn: Any, packed: bytes, count: int, replies: list[Any]) -> None:
-    """``round_trip``, reading the replies into ``replies``: on a failure, those read so
-    far tell which of the first commands Redis carried out."""
-    await conn.send_packed_command(packed, check_health=False)
-    while len(replies) < count:
-        try:
-            replies.append(await conn.read_response())
-        except ResponseError as exc:
-            replies.append(exc)
 
 
 def _outcome_unknown(what: str, replies: list[Any], count: int) -> PublishOutcomeUnknownError:

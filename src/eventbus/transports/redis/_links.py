@@ -106,15 +106,20 @@ def _closed_by_server(conn: Any) -> bool:
     return reader is not None and (reader.at_eof() or reader.exception() is not None)
 
 
-async def round_trip(conn: Any, packed: bytes, count: int) -> list[Any]:
+async def round_trip(
+    conn: Any, packed: bytes, count: int, replies: list[Any] | None = None
+) -> list[Any]:
     """Send ``count`` packed commands in one write and read their replies in order.
 
     An error reply is returned (as ``ResponseError``), not raised, so that the replies
-    after it are still read. On any other failure redis-py has disconnected ``conn``.
+    after it are still read. The replies go into ``replies`` when given: after a failure
+    it holds those read so far, which tell what Redis carried out. On any other failure
+    redis-py has disconnected ``conn``.
     """
     await conn.send_packed_command(packed, check_health=False)
-    replies: list[Any] = []
-    for _ in range(count):
+    if replies is None:
+        replies = []
+    while len(replies) < count:
         try:
             replies.append(await conn.read_response())
         except ResponseError as exc:

@@ -1,0 +1,129 @@
+"""``Publisher``: how a running bus hands events to its connection, and what follows."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
+
+from ._codec import Codec
+from ._delivery import Delivering, run_immediate
+from ._envelope import Envelope
+from ._errors import ImmediateHandlerError, PublishOutcomeUnknownError, PublishRefusedError
+from ._event import Event
+from ._middleware import run_around
+from ._observer import Observers
+from .transports._contract import BatchPublishing, Connection, Message, ReferencePublishing
+
+__all__ = ["Publisher"]
+
+Batch = list[tuple[Event, Envelope]]
+
+
+class Publisher:
+    """Hands events to one connection: by reference when it offers
+    ``ReferencePublishing``, else encoded; a batch in one call when it offers
+    ``BatchPublishing`` and no middleware wants each event; within the middleware's
+    ``on_publish`` hooks; then tells the observers and runs the immediate subscribers.
+
+    ``EventBus.publish`` keeps an inline copy of ``write`` for its fast path, reading
+    ``publish_to`` and ``by_reference`` from here.
+    """
+
+    __slots__ = (
+        "_batch",
+        "_codec",
+        "_on_publish",
+        "by_reference",
+        "immediate",
+        "observers",
+        "publish_to",
+    )
+
+    def __init__(
+        self,
+        conn: Connection,
+        codec: Codec,
+        observers: Observers,
+        immediate: Mapping[type[Event], Sequence[Delivering]],
+        on_publish: Sequence[Callable[..., Awaitable[None]]],
+    ) -> None:
+        self.by_reference = isinstance(conn, ReferencePublishing)
+        self.publish_to: Callable[..., Awaitable[Any]] = (
+            conn.publish_reference if isinstance(conn, ReferencePublishing) else conn.publish
+        )
+        self._batch = conn if isinstance(conn, BatchPublishing) and not self.by_reference else None
+        self._codec = codec
+        self.observers = observers
+        self.immediate = immediate
+        self._on_publish = tuple(on_publish)
+
+    def pack(self, event: Event, envelope: Envelope) -> object:
+        """What the transport receives: the event by reference, or its bytes."""
+        return (event, envelope) if self.by_reference else self._codec.encode(event, envelope)
+
+    async def write(
+        self, event: Event, envelope: Envelope, item: object, timeout: float | None, immediate: bool
+    ) -> str:
+        """Hand one event to the transport (``item``: what it gets, made here when None),
+        tell the observers, then run its immediate subscribers when ``immediate``; return
+        the transport's id of it."""
+        stored_id: str = await self.publish_to(
+            envelope.name, self.pack(event, envelope) if item is None else item, timeout=timeout
+        )
+        if self.observers.published:
+            self.observers.published_event(event, envelope)
+        engines = self.immediate.get(type(event))
+        if immediate and engines:
+            await run_immediate(engines, event, envelope)
+        return stored_id
+
+    async def write_around(
+        self, event: Event, envelope: Envelope, item: object, timeout: float | None, immediate: bool
+    ) -> str | None:
+        """``write`` within the middleware's ``on_publish`` hooks; the transport's id of
+        the event, None when a middleware did not pass it on."""
+        stored: list[str] = []
+
+        async def write() -> None:
+            stored.append(await self.write(event, envelope, item, timeout, immediate))
+
+        await run_around(self._on_publish, (event, envelope), write)
+        return stored[0] if stored else None
+
+    async def write_many(self, batch: Batch, timeout: float | None) -> None:
+        """Hand a batch over, every event encoded before any is sent; then run the
+        immediate subscribers of every event, raising the first failure after all ran."""
+        items = [self.pack(event, envelope) for event, envelope in batch]
+        if self._batch is not None and not self._on_publish:
+            messages = cast(list[Message], items)  # a batch transport takes bytes only
+            pairs = [(env.name, msg) for (_, env), msg in zip(batch, messages, strict=True)]
+            await self._batch.publish_many(pairs, timeout=timeout)
+            for event, envelope in batch:
+                self.observers.published_event(event, envelope)
+        else:
+            await self._write_each(batch, items, timeout)
+        first: ImmediateHandlerError | None = None
+        for event, envelope in batch:
+            engines = self.immediate.get(type(event))
+            if engines:
+                try:
+                    await run_immediate(engines, event, envelope)
+                except ImmediateHandlerError as exc:
+                    first = first or exc
+        if first is not None:
+            raise first
+
+    async def _write_each(self, batch: Batch, items: list[object], timeout: float | None) -> None:
+        """Hand the events over one by one: the observers hear of each as it is accepted.
+        A failure counts the events handed over before it (``stored``, ``stored_ids``)."""
+        write = self.write_around if self._on_publish else self.write
+        ids: list[str | None] = []
+        for (event, envelope), item in zip(batch, items, strict=True):
+            try:
+                ids.append(await write(event, envelope, item, timeout, False))
+            except PublishOutcomeUnknownError as exc:
+                exc.stored += len(ids)
+                raise
+            except PublishRefusedError as exc:
+                exc.stored_ids = (*ids, *exc.stored_ids)
+                raise
