@@ -76,19 +76,20 @@ end
 """
 
 # KEYS: source stream, retry zset. ARGV: group, entry id, delete, delay ms, attempt,
-# notes, origin id. Writes the retry first, acknowledges second; does nothing for an entry
-# that is no longer pending, so that repeating it after a lost reply is harmless.
+# notes, origin id. Writes the retry first, acknowledges second; returns 1. Returns 0,
+# doing nothing, for an entry no longer pending that is still in the stream (settled
+# already: a repeated call after a lost reply); -1 for an entry gone from the stream
+# (deleted or trimmed: acknowledged, for the caller to dead-letter what it holds).
 RETRY = (
     _COPY_FIELDS
     + """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
-  return 0  -- already settled (a repeated call after a lost reply)
-end
+local pending = #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) > 0
 local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 if #entries == 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  return 0
+  if pending then redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) end
+  return -1
 end
+if not pending then return 0 end
 local fields = copy_fields(entries[1][2], {})
 local member = cmsgpack.pack({fields, ARGV[5], ARGV[6], ARGV[7], ARGV[2]})
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), member)
@@ -124,18 +125,25 @@ return math.max(0, tonumber(next_due[2]) - now)
 )
 
 # KEYS: source stream, dead stream. ARGV: group, entry id, delete, topic, attempt, notes,
-# origin id, force. Keeps the raw fields of the entry (whatever bytes they hold), then
-# acks. Without force it does nothing for an entry no longer pending (already settled);
-# force records entries that vanished while pending.
+# origin id, force, then the fields the caller holds (name, value, ...). Keeps the raw
+# fields of the entry (whatever bytes they hold), or the caller's when the entry is gone
+# from the stream, then acks. Returns 0, doing nothing, for an entry no longer pending
+# that is still in the stream (settled already: a repeated call after a lost reply),
+# unless force; an entry gone from the stream is always recorded.
 DEAD_LETTER = (
     _COPY_FIELDS
     + """
-if ARGV[8] ~= '1' and #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
+local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if ARGV[8] ~= '1' and #entries > 0
+   and #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0  -- already settled (a repeated call after a lost reply)
 end
-local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 local out = {}
-if #entries > 0 then copy_fields(entries[1][2], out) end
+if #entries > 0 then
+  copy_fields(entries[1][2], out)
+else
+  for i = 9, #ARGV do out[#out + 1] = ARGV[i] end
+end
 for _, pair in ipairs({{'_dl_topic', ARGV[4]}, {'_dl_group', ARGV[1]},
                        {'_dl_attempt', ARGV[5]}, {'_dl_notes', ARGV[6]},
                        {'_dl_origin', ARGV[7]}}) do
