@@ -4,12 +4,13 @@ writes that Redis refuses, consumers of dead workers."""
 from __future__ import annotations
 
 import secrets
+import traceback
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from eventbus import EventBus, RetryPolicy
+from eventbus import Context, EventBus, RetryPolicy
 from eventbus.testing import drain
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated
@@ -97,3 +98,88 @@ async def test_entry_trimmed_and_dropped_by_the_lease_renewal_is_dead_lettered(
 
 async def _no_pending(admin: Any, key: str) -> bool:
     return await pending_count(admin, key) == 0
+
+
+def settle_refusals(caplog: pytest.LogCaptureFixture, error: str) -> int:
+    """How many log records tell of a settle (retry or dead-letter move) that Redis
+    refused with ``error`` (in its message, or in its exception and traceback; any case)."""
+    count = 0
+    for record in caplog.records:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            frames = traceback.extract_tb(exc.__traceback__)
+            text += f" {type(exc).__name__}: {exc} " + " ".join(frame.name for frame in frames)
+        count += error.lower() in text.lower() and "settle" in text
+    return count
+
+
+@pytest.mark.parametrize("broken", ["retry", "dead"])
+async def test_settle_refused_by_redis_completes_once_the_cause_is_removed(
+    redis_server: RedisServer,
+    redis_admin: Any,
+    prefix: str,
+    broken: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A retry (or dead-letter) move refused with WRONGTYPE happens, once, after the fix."""
+    bus = EventBus(transport=RedisTransport(redis_server.url, prefix=prefix, block=0.2))
+    key = f"{stream_of(prefix)}:{broken}:{GROUP}"
+    attempts: list[int] = []
+    retry = RetryPolicy(max_attempts=3, initial_delay=0.05) if broken == "retry" else None
+
+    @bus.subscribe(group=GROUP, retry=retry or RetryPolicy.none())
+    async def send(event: OrderCreated, context: Context) -> None:
+        attempts.append(context.attempt)
+        if context.attempt == 1:
+            await redis_admin.set(key, "not a zset or stream")
+            raise ConnectionError("smtp down")
+
+    async with bus:
+        await bus.publish(OrderCreated(order_id="o-3"))
+        await wait_for(lambda: settle_refusals(caplog, "WRONGTYPE") > 0, 10, "a refused settle")
+        await redis_admin.delete(key)
+        await drain(bus, reraise=False, timeout=10)
+        dead = await bus.dead_letters(GROUP)
+    if broken == "retry":
+        assert (attempts, dead) == ([1, 2], [])
+    else:
+        assert attempts == [1]
+        assert [(d.attempts, d.event) for d in dead] == [(1, OrderCreated(order_id="o-3"))]
+
+
+async def test_settle_half_refused_by_an_acl_happens_once_after_the_grant(
+    redis_server: RedisServer, redis_admin: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retry whose XACK an ACL refuses writes nothing (no copy for the group's other
+    readers to promote); once XACK is granted it happens exactly once."""
+    user = f"settle-{secrets.token_hex(3)}"
+    await redis_admin.execute_command(
+        "ACL", "SETUSER", user, "reset", "on", ">pw", "~*", "&*", "+@all", "-xack"
+    )
+    url = redis_server.url.replace("redis://", f"redis://{user}:pw@")
+    bus = EventBus(transport=RedisTransport(url, prefix=prefix, block=0.2))
+    attempts: list[int] = []
+
+    @bus.subscribe(
+        group=GROUP, retry=RetryPolicy(max_attempts=5, initial_delay=0.01), concurrency=2
+    )
+    async def send(event: OrderCreated, context: Context) -> None:
+        attempts.append(context.attempt)
+        if context.attempt == 1:
+            raise ConnectionError("smtp down")
+
+    try:
+        async with bus:
+            await bus.publish(OrderCreated(order_id="o-4"))
+            await wait_for(
+                lambda: settle_refusals(caplog, "can't run") >= 3,
+                10,
+                "three refusals (time for the other slot to promote a half-done retry)",
+            )
+            await redis_admin.execute_command("ACL", "SETUSER", user, "+xack")
+            await drain(bus, reraise=False, timeout=10)
+            assert await bus.dead_letters(GROUP) == []
+    finally:
+        await redis_admin.execute_command("ACL", "DELUSER", user)
+    assert attempts == [1, 2]

@@ -69,6 +69,16 @@ local function copy_fields(fields, out)
   end
   return out
 end
+-- The first write this user's ACL refuses, as an error, or nil: checked before writing
+-- anything, so that a refused script leaves no half-done move to be repeated.
+local function refused_write(commands)
+  for _, command in ipairs(commands) do
+    if not redis.acl_check_cmd(unpack(command)) then
+      return "NOPERM the user executing the script can't run " .. command[1] .. ' on ' .. command[2]
+    end
+  end
+  return nil
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -90,6 +100,9 @@ if #entries == 0 then
   return -1
 end
 if not pending then return 0 end
+local refused = refused_write({{'ZADD', KEYS[2], '0', 'm'}, {'XACK', KEYS[1], ARGV[1], ARGV[2]},
+                               {'XDEL', KEYS[1], ARGV[2]}})
+if refused then return redis.error_reply(refused) end
 local fields = copy_fields(entries[1][2], {})
 local member = cmsgpack.pack({fields, ARGV[5], ARGV[6], ARGV[7], ARGV[2]})
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), member)
@@ -138,6 +151,9 @@ if ARGV[8] ~= '1' and #entries > 0
    and #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0  -- already settled (a repeated call after a lost reply)
 end
+local refused = refused_write({{'XADD', KEYS[2], '*', 'f', 'v'},
+                               {'XACK', KEYS[1], ARGV[1], ARGV[2]}, {'XDEL', KEYS[1], ARGV[2]}})
+if refused then return redis.error_reply(refused) end
 local out = {}
 if #entries > 0 then
   copy_fields(entries[1][2], out)

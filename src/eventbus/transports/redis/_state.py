@@ -114,6 +114,13 @@ class RedisState:
         """A new backoff for one loop: 0.25 s doubling up to 5 s, less up to half."""
         return Backoff(0.25, 5.0, jitter=0.5)
 
+    def settle_backoff(self) -> Backoff:
+        """A backoff for a settle Redis refuses or cannot take: as ``backoff``, capped at
+        a quarter of the claim timeout, so that a settle completes within about one claim
+        timeout of the cause's removal."""
+        cap = min(5.0, max(0.25, self.settings.claim_timeout / 4))
+        return Backoff(0.25, cap, jitter=0.5)
+
     async def back_off(self, backoff: Backoff, doing: str) -> None:
         """Count a connection failure, log it, and wait the backoff's next delay."""
         delay = backoff.failed()

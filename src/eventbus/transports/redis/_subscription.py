@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
+from eventbus._backoff import Backoff
 from eventbus._errors import TransportClosedError
 from eventbus.transports._contract import Delivery, FailureNotes
 
@@ -215,14 +216,16 @@ class RedisSubscription:
             return self._keys.redeliver, "1"
         return self._keys.stream, "0"
 
-    async def _settle(self, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _settle(self, d: RedisDelivery, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run a retry or dead-letter script until Redis confirms it; return its reply.
 
-        The scripts are idempotent, so repeating one whose reply was lost is harmless.
-        While Redis is unreachable the entry stays held (its lease renewed); once the
-        subscription closes it is left pending for the group to take over.
+        The scripts are idempotent, so repeating one whose reply was lost is harmless,
+        and they write nothing when Redis refuses them (WRONGTYPE, OOM, NOPERM). While
+        Redis is unreachable, or refuses the script, the entry stays held (its lease
+        renewed) and the script is tried again with backoff; once the subscription
+        closes it is left pending for the group to take over.
         """
-        backoff = self._state.backoff()
+        backoff = self._state.settle_backoff()
         while True:
             try:
                 return await call()
@@ -230,6 +233,26 @@ class RedisSubscription:
                 if self._closed:
                     raise
                 await self._state.back_off(backoff, "settling a delivery")
+            except ResponseError as exc:
+                if self._closed:
+                    raise
+                await self._refused(d, backoff, exc)
+
+    async def _refused(self, d: RedisDelivery, backoff: Backoff, exc: ResponseError) -> None:
+        delay = backoff.failed()
+        logger.error(
+            "Redis refused to settle entry %s of %s in group %s (failure %d): %s: %s; "
+            "the entry stays held, trying again in %.2f s",
+            d.entry_id,
+            self._source(d)[0],
+            self._group,
+            backoff.failures,
+            type(exc).__name__,
+            exc,
+            delay,
+            extra={"group": self._group, "message_id": d.id},
+        )
+        await backoff.wait(delay)
 
     def _release(self, delivery: RedisDelivery) -> None:
         """The delivery is settled here: no longer held, and the next suspect may go."""
@@ -257,7 +280,7 @@ class RedisSubscription:
             d.attempt + 1, json.dumps(notes.as_dict()), d.id,
         ]  # fmt: skip
         script = self._state.scripts.retry
-        moved = await self._settle(lambda: script(keys=[key, self._keys.retry], args=args))
+        moved = await self._settle(d, lambda: script(keys=[key, self._keys.retry], args=args))
         if int(moved) < 0:
             await self._record_deleted(d, notes)
         self._release(d)
@@ -277,7 +300,7 @@ class RedisSubscription:
             json.dumps(notes.as_dict()), d.id, "0", *message_fields(d.message),
         ]  # fmt: skip
         script = self._state.scripts.dead_letter
-        await self._settle(lambda: script(keys=[key, self._keys.dead], args=args))
+        await self._settle(d, lambda: script(keys=[key, self._keys.dead], args=args))
 
     async def _record_deleted(self, d: RedisDelivery, notes: FailureNotes) -> None:
         """Dead-letter, as ``deleted``, a failed delivery whose entry left the stream."""
