@@ -183,3 +183,42 @@ async def test_settle_half_refused_by_an_acl_happens_once_after_the_grant(
     finally:
         await redis_admin.execute_command("ACL", "DELUSER", user)
     assert attempts == [1, 2]
+
+
+async def consumer_names(admin: Any, key: str) -> set[str]:
+    """The consumers of the group on ``key``."""
+    return {c["name"].decode() for c in await admin.xinfo_consumers(key, GROUP)}
+
+
+async def test_consumers_of_dead_workers_are_removed_once_they_hold_nothing(
+    redis_server: RedisServer, redis_admin: Any, prefix: str
+) -> None:
+    """Idle consumers that hold nothing go; one holding an entry goes once it is taken over."""
+    stream = stream_of(prefix)
+    transport = RedisTransport(
+        redis_server.url, prefix=prefix, block=0.1, claim_timeout=0.3, consumer_name="live"
+    )
+    bus = EventBus(transport=transport)
+    handled: list[str] = []
+
+    @bus.subscribe(group=GROUP)
+    async def send(event: OrderCreated) -> None:
+        handled.append(event.order_id)
+
+    await redis_admin.xadd(stream, {"stray": "not an event"})
+    await redis_admin.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await redis_admin.xgroup_createconsumer(stream, GROUP, "dead-empty")
+    await redis_admin.xreadgroup(GROUP, "dead-holding", {stream: ">"}, count=1)
+    async with bus:
+        await bus.publish(OrderCreated(order_id="o-5"))
+        await wait_for(
+            lambda: _only_live(redis_admin, stream), 10, "the dead consumers to be removed"
+        )
+        await drain(bus, reraise=False, timeout=10)
+        dead = await bus.dead_letters(GROUP)
+    assert handled == ["o-5"]
+    assert [d.reason for d in dead] == ["malformed"]  # the stray entry, taken over
+
+
+async def _only_live(admin: Any, key: str) -> bool:
+    return await consumer_names(admin, key) <= {"live"}

@@ -21,6 +21,7 @@ __all__ = [
     "META_ORIGIN",
     "PAYLOAD",
     "PROMOTE",
+    "PRUNE_CONSUMERS",
     "REPLAY",
     "RETRY",
     "STATS",
@@ -249,4 +250,22 @@ return {waiting + waiting2, pending + pending2, redis.call('ZCARD', KEYS[3]),
 CLAIM_IDS = """
 return redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
                   'COUNT', ARGV[5], 'JUSTID')
+"""
+
+# KEYS: stream. ARGV: group, min idle ms, this consumer's name.
+# Deletes the group's consumers (but this one) that hold nothing and have been idle at
+# least min idle ms: those of dead workers. One atomic look, so that a consumer is never
+# deleted with an entry it read meanwhile. Returns how many were deleted.
+PRUNE_CONSUMERS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local t = {}
+  for i = 1, #c, 2 do t[c[i]] = c[i + 1] end
+  if t['name'] ~= ARGV[3] and tonumber(t['pending']) == 0
+     and tonumber(t['idle']) >= tonumber(ARGV[2]) then
+    removed = removed + redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], t['name'])
+  end
+end
+return removed
 """

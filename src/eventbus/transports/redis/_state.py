@@ -24,7 +24,17 @@ from eventbus._backoff import Backoff
 from eventbus._errors import TransportError
 
 from ._links import Links
-from ._scripts import CLAIM_IDS, DEAD_LETTER, IDLE, PROMOTE, REPLAY, RETRY, STATS, Keys
+from ._scripts import (
+    CLAIM_IDS,
+    DEAD_LETTER,
+    IDLE,
+    PROMOTE,
+    PRUNE_CONSUMERS,
+    REPLAY,
+    RETRY,
+    STATS,
+    Keys,
+)
 
 __all__ = ["RedisState", "Scripts", "Settings", "logger", "wrapped"]
 
@@ -70,6 +80,7 @@ class Scripts:
         self.idle = client.register_script(IDLE)
         self.stats = client.register_script(STATS)
         self.claim_ids = client.register_script(CLAIM_IDS)
+        self.prune_consumers = client.register_script(PRUNE_CONSUMERS)
 
 
 class RedisState:
