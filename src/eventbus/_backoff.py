@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -15,11 +14,11 @@ class Backoff:
     at ``cap`` and shortened by a random fraction of at most ``jitter`` (so that many
     workers do not retry in step). ``reset()`` after a success starts over.
 
-    ``sleep`` is where the wait happens (``anyio.sleep`` by default; the bus passes its
-    clock's). One instance per loop: it is not shared between tasks.
+    The wait is real time (it waits for the outside world). One instance per loop: it is
+    not shared between tasks.
     """
 
-    __slots__ = ("_cap", "_first", "_jitter", "_sleep", "failures")
+    __slots__ = ("_cap", "_first", "_jitter", "failures")
 
     def __init__(
         self,
@@ -27,12 +26,10 @@ class Backoff:
         cap: float,
         *,
         jitter: float = 0.5,
-        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self._first = first
         self._cap = cap
         self._jitter = jitter
-        self._sleep = sleep
         self.failures = 0
 
     def failed(self) -> float:
@@ -43,7 +40,7 @@ class Backoff:
 
     async def wait(self, delay: float) -> None:
         """Wait ``delay`` seconds (the value ``failed()`` returned)."""
-        await self._sleep(delay)
+        await anyio.sleep(delay)
 
     def reset(self) -> None:
         """A success: the next failure waits ``first`` again."""

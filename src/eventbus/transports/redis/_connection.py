@@ -8,7 +8,6 @@ from typing import Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from eventbus._backoff import Backoff
 from eventbus._errors import (
     EncodeError,
     PublishOutcomeUnknownError,
@@ -123,7 +122,7 @@ class RedisConnection:
                     raise TransportError(
                         f"cannot reach Redis to publish (publish_retry_for={retry_for} s)"
                     ) from exc
-            await _back_off(backoff, left)
+            await self.state.back_off(backoff, "publishing", at_most=left)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise _refused(replies)
@@ -313,18 +312,6 @@ def _refused(replies: list[Any]) -> PublishRefusedError:
 
 def _text(reply: Any) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
-
-
-async def _back_off(backoff: Backoff, left: float) -> None:
-    """Count a failure to reach Redis, log it, and wait the backoff's next delay, cut
-    to the ``left`` seconds before the publish gives up."""
-    delay = min(backoff.failed(), left)
-    logger.warning(
-        "Redis unreachable while publishing (failure %d); retrying in %.2f s",
-        backoff.failures,
-        delay,
-    )
-    await anyio.sleep(delay)
 
 
 def _encodable(message: Message) -> bool:

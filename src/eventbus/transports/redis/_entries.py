@@ -15,6 +15,7 @@ __all__ = [
     "RedisDelivery",
     "entry_delivery",
     "entry_message",
+    "message_fields",
     "read_entries",
     "read_notes",
     "text",
@@ -87,6 +88,15 @@ def entry_message(fields: Fields) -> tuple[Message, dict[str, str]]:
         else:
             headers[name] = decoded
     return Message(body, headers), meta
+
+
+def message_fields(message: Message) -> list[str | bytes]:
+    """The fields of an entry holding ``message``, flat (name, value, ...): its headers,
+    then its body as ``payload``."""
+    out: list[str | bytes] = []
+    for name, value in message.headers.items():
+        out += [name, value]
+    return [*out, PAYLOAD, message.body]
 
 
 def entry_delivery(

@@ -21,6 +21,7 @@ __all__ = [
     "META_ORIGIN",
     "PAYLOAD",
     "PROMOTE",
+    "PRUNE_CONSUMERS",
     "REPLAY",
     "RETRY",
     "STATS",
@@ -69,6 +70,16 @@ local function copy_fields(fields, out)
   end
   return out
 end
+-- The first write this user's ACL refuses, as an error, or nil: checked before writing
+-- anything, so that a refused script leaves no half-done move to be repeated.
+local function refused_write(commands)
+  for _, command in ipairs(commands) do
+    if not redis.acl_check_cmd(unpack(command)) then
+      return "NOPERM the user executing the script can't run " .. command[1] .. ' on ' .. command[2]
+    end
+  end
+  return nil
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -76,19 +87,23 @@ end
 """
 
 # KEYS: source stream, retry zset. ARGV: group, entry id, delete, delay ms, attempt,
-# notes, origin id. Writes the retry first, acknowledges second; does nothing for an entry
-# that is no longer pending, so that repeating it after a lost reply is harmless.
+# notes, origin id. Writes the retry first, acknowledges second; returns 1. Returns 0,
+# doing nothing, for an entry no longer pending that is still in the stream (settled
+# already: a repeated call after a lost reply); -1 for an entry gone from the stream
+# (deleted or trimmed: acknowledged, for the caller to dead-letter what it holds).
 RETRY = (
     _COPY_FIELDS
     + """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
-  return 0  -- already settled (a repeated call after a lost reply)
-end
+local pending = #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) > 0
 local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 if #entries == 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  return 0
+  if pending then redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) end
+  return -1
 end
+if not pending then return 0 end
+local refused = refused_write({{'ZADD', KEYS[2], '0', 'm'}, {'XACK', KEYS[1], ARGV[1], ARGV[2]},
+                               {'XDEL', KEYS[1], ARGV[2]}})
+if refused then return redis.error_reply(refused) end
 local fields = copy_fields(entries[1][2], {})
 local member = cmsgpack.pack({fields, ARGV[5], ARGV[6], ARGV[7], ARGV[2]})
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), member)
@@ -124,18 +139,28 @@ return math.max(0, tonumber(next_due[2]) - now)
 )
 
 # KEYS: source stream, dead stream. ARGV: group, entry id, delete, topic, attempt, notes,
-# origin id, force. Keeps the raw fields of the entry (whatever bytes they hold), then
-# acks. Without force it does nothing for an entry no longer pending (already settled);
-# force records entries that vanished while pending.
+# origin id, force, then the fields the caller holds (name, value, ...). Keeps the raw
+# fields of the entry (whatever bytes they hold), or the caller's when the entry is gone
+# from the stream, then acks. Returns 0, doing nothing, for an entry no longer pending
+# that is still in the stream (settled already: a repeated call after a lost reply),
+# unless force; an entry gone from the stream is always recorded.
 DEAD_LETTER = (
     _COPY_FIELDS
     + """
-if ARGV[8] ~= '1' and #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
+local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if ARGV[8] ~= '1' and #entries > 0
+   and #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0  -- already settled (a repeated call after a lost reply)
 end
-local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+local refused = refused_write({{'XADD', KEYS[2], '*', 'f', 'v'},
+                               {'XACK', KEYS[1], ARGV[1], ARGV[2]}, {'XDEL', KEYS[1], ARGV[2]}})
+if refused then return redis.error_reply(refused) end
 local out = {}
-if #entries > 0 then copy_fields(entries[1][2], out) end
+if #entries > 0 then
+  copy_fields(entries[1][2], out)
+else
+  for i = 9, #ARGV do out[#out + 1] = ARGV[i] end
+end
 for _, pair in ipairs({{'_dl_topic', ARGV[4]}, {'_dl_group', ARGV[1]},
                        {'_dl_attempt', ARGV[5]}, {'_dl_notes', ARGV[6]},
                        {'_dl_origin', ARGV[7]}}) do
@@ -225,4 +250,22 @@ return {waiting + waiting2, pending + pending2, redis.call('ZCARD', KEYS[3]),
 CLAIM_IDS = """
 return redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
                   'COUNT', ARGV[5], 'JUSTID')
+"""
+
+# KEYS: stream. ARGV: group, min idle ms, this consumer's name.
+# Deletes the group's consumers (but this one) that hold nothing and have been idle at
+# least min idle ms: those of dead workers. One atomic look, so that a consumer is never
+# deleted with an entry it read meanwhile. Returns how many were deleted.
+PRUNE_CONSUMERS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local t = {}
+  for i = 1, #c, 2 do t[c[i]] = c[i + 1] end
+  if t['name'] ~= ARGV[3] and tonumber(t['pending']) == 0
+     and tonumber(t['idle']) >= tonumber(ARGV[2]) then
+    removed = removed + redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], t['name'])
+  end
+end
+return removed
 """

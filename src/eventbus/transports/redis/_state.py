@@ -24,7 +24,17 @@ from eventbus._backoff import Backoff
 from eventbus._errors import TransportError
 
 from ._links import Links
-from ._scripts import CLAIM_IDS, DEAD_LETTER, IDLE, PROMOTE, REPLAY, RETRY, STATS, Keys
+from ._scripts import (
+    CLAIM_IDS,
+    DEAD_LETTER,
+    IDLE,
+    PROMOTE,
+    PRUNE_CONSUMERS,
+    REPLAY,
+    RETRY,
+    STATS,
+    Keys,
+)
 
 __all__ = ["RedisState", "Scripts", "Settings", "logger", "wrapped"]
 
@@ -70,6 +80,7 @@ class Scripts:
         self.idle = client.register_script(IDLE)
         self.stats = client.register_script(STATS)
         self.claim_ids = client.register_script(CLAIM_IDS)
+        self.prune_consumers = client.register_script(PRUNE_CONSUMERS)
 
 
 class RedisState:
@@ -114,9 +125,17 @@ class RedisState:
         """A new backoff for one loop: 0.25 s doubling up to 5 s, less up to half."""
         return Backoff(0.25, 5.0, jitter=0.5)
 
-    async def back_off(self, backoff: Backoff, doing: str) -> None:
-        """Count a connection failure, log it, and wait the backoff's next delay."""
-        delay = backoff.failed()
+    def settle_backoff(self) -> Backoff:
+        """A backoff for a settle Redis refuses or cannot take: as ``backoff``, capped at
+        a quarter of the claim timeout, so that a settle completes within about one claim
+        timeout of the cause's removal."""
+        cap = min(5.0, max(0.25, self.settings.claim_timeout / 4))
+        return Backoff(0.25, cap, jitter=0.5)
+
+    async def back_off(self, backoff: Backoff, doing: str, at_most: float | None = None) -> None:
+        """Count a connection failure, log it, and wait the backoff's next delay (cut to
+        ``at_most`` seconds when given: the time left before a deadline)."""
+        delay = backoff.failed() if at_most is None else min(backoff.failed(), at_most)
         logger.warning(
             "Redis unreachable while %s (failure %d); retrying in %.2f s",
             doing,

@@ -36,7 +36,9 @@ class Suspects:
     quarter of it). They are found without raising their delivery count; ``take``
     counts one more delivery just before the entry is handed out alone, so that a crash
     counts against the entry that caused it only. Entries deleted from the stream while
-    pending are recorded as dead letters with the reason ``deleted``.
+    pending are recorded as dead letters with the reason ``deleted``. Consumers that hold
+    nothing and were idle for the claim timeout (those of dead workers; a live one is
+    created again by its next read that gets entries) are deleted from the group.
     """
 
     def __init__(self, state: RedisState, topic: str, group: str, held: Container[Slot]) -> None:
@@ -65,13 +67,15 @@ class Suspects:
 
     async def look(self, now: float) -> None:
         """List this consumer's own pending entries (once), and every quarter of the
-        claim timeout take over the entries of dead consumers."""
+        claim timeout take over the entries of dead consumers, then delete the consumers
+        that hold nothing and were idle for the claim timeout."""
         if not self._own_listed:
             await self._list_own()
         if now - self._last_look >= self._state.settings.claim_timeout / 4:
             self._last_look = now
             for key in (self._keys.stream, self._keys.redeliver):
                 await self._claim_stale(key)
+                await self._prune(key)
 
     async def _list_own(self) -> None:
         """What this consumer name held before a restart (without re-reading it)."""
@@ -92,6 +96,21 @@ class Suspects:
             self._add(key, ids)
             if cursor == "0-0" or len(self._queue) >= self._state.settings.prefetch:
                 return
+
+    async def _prune(self, key: str) -> None:
+        """Delete the consumers of dead workers that hold nothing (one atomic script)."""
+        state = self._state
+        idle_ms = int(state.settings.claim_timeout * 1000)
+        args: list[Any] = [self._group, idle_ms, state.consumer]
+        removed = await state.scripts.prune_consumers(keys=[key], args=args)
+        if removed:
+            logger.debug(
+                "removed %d consumers of %s in group %s that held nothing, idle %.1f s",
+                removed,
+                key,
+                self._group,
+                state.settings.claim_timeout,
+            )
 
     async def _claim_page(self, key: str, cursor: str) -> tuple[str, list[str], list[str]]:
         """XAUTOCLAIM ... JUSTID: the next cursor, the ids taken, the ids deleted."""
