@@ -81,3 +81,23 @@ def test_publish_errors_keep_their_attributes_through_pickling() -> None:
     assert (str(copies[0]), copies[0].event_name, copies[0].field) == (str(encode), "Note", "text")
     assert (str(copies[1]), copies[1].stored) == (str(unknown), 4)
     assert (str(copies[2]), copies[2].stored_ids) == (str(refused), ("1-0", None))
+
+
+@pytest.mark.parametrize("serialize", [False, True], ids=["by-reference", "bytes"])
+@pytest.mark.parametrize("field", ["correlation_id", "causation_id"])
+async def test_an_id_that_is_not_valid_unicode_is_refused_on_every_transport(
+    serialize: bool, field: str
+) -> None:
+    """A lone surrogate in an id raises EncodeError even where nothing becomes bytes, as
+    it does on Redis: what passes in memory passes on the wire."""
+    bus = EventBus(transport=InMemoryTransport(serialize=serialize))
+    ids: dict[str, str | None] = {"correlation_id": None, "causation_id": None, field: "id-\ud800"}
+    async with bus:
+        with pytest.raises(EncodeError, match=f"its {field} is not valid Unicode") as info:
+            await bus.publish(
+                Note(text="hello"),
+                correlation_id=ids["correlation_id"],
+                causation_id=ids["causation_id"],
+            )
+    assert (info.value.event_name, info.value.field) == ("Note", field)
+    assert "\ud800" not in str(info.value)

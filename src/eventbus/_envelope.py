@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import NamedTuple
 
-from ._errors import PublishError
+from ._errors import EncodeError, PublishError
 from ._event import Event
 
 __all__ = ["Envelope", "EnvelopeFactory", "EventIdGenerator"]
@@ -113,7 +113,7 @@ class EnvelopeFactory:
                 )
             wire = self._wire[event_type] = (event_type.event_name, event_type.event_version)
         if correlation_id is not None or causation_id is not None:
-            _check_ids(correlation_id, causation_id)
+            _check_ids(correlation_id, causation_id, wire[0])
         event_id = self._next_id()
         return Envelope(
             event_id,
@@ -134,10 +134,28 @@ def _checked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(headers))
 
 
-def _check_ids(correlation_id: str | None, causation_id: str | None) -> None:
+def _check_ids(correlation_id: str | None, causation_id: str | None, event_name: str) -> None:
+    """Ids that every transport can carry: short strings of valid Unicode (checked here,
+    so that the in-memory transport refuses what Redis would)."""
     for name, value in (("correlation_id", correlation_id), ("causation_id", causation_id)):
-        if value is not None and not (isinstance(value, str) and 0 < len(value) <= _MAX_ID):
+        if value is None:
+            continue
+        if not (isinstance(value, str) and 0 < len(value) <= _MAX_ID):
             raise PublishError(f"{name} must be a non-empty string of at most {_MAX_ID} characters")
+        if not value.isascii() and not _valid_unicode(value):
+            raise EncodeError(
+                f"{event_name} cannot be sent: its {name} is not valid Unicode (a lone surrogate)",
+                event_name=event_name,
+                field=name,
+            )
+
+
+def _valid_unicode(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _SEQUENCE = tuple(f"{0x7000 | seq:04x}" for seq in range(0x1000))
