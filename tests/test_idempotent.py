@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from eventbus import (
@@ -176,17 +178,27 @@ def test_the_ttl_must_be_positive_seconds() -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py runs on asyncio
-async def test_redis_refuses_an_idempotent_subscriber_with_a_clear_error(
-    redis_server: RedisServer,
+async def test_redis_skips_a_repeated_event_id_and_keeps_the_record_for_the_ttl(
+    redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """The Redis transport keeps no handled record: starting says so, naming the ability."""
+    """On Redis, two entries with one event id are handled once; the group's record of
+    the id is one key that expires after idempotency_ttl."""
     from eventbus.transports.redis import RedisTransport
 
-    bus = EventBus(transport=RedisTransport(redis_server.url, prefix="idem"))
+    transport = RedisTransport(redis_server.url, prefix="idem", idempotency_ttl=30)
+    sent: list[str] = []
+    actions = Actions()
+    bus = EventBus(transport=transport, observers=[actions])
 
     @bus.subscribe(group="email", idempotent=True)
-    async def send(event: OrderCreated) -> None:
-        pass
+    async def send_confirmation(event: OrderCreated) -> None:
+        sent.append(event.order_id)
 
-    with pytest.raises(ConfigurationError, match="HandledRecord; RedisSubscription does not"):
-        await bus.__aenter__()
+    async with bus:
+        for _ in range(2):
+            await redis_admin.xadd("idem:{OrderCreated}", {**HEADERS, "payload": BODY})
+        await drain(bus, timeout=10)
+    assert sent == ["o-1"]
+    assert actions.actions == ["ack", "duplicate"]
+    ttl_ms = await redis_admin.pttl(f"idem:{{OrderCreated}}:handled:email:{HEADERS['id']}")
+    assert 0 < ttl_ms <= 30_000

@@ -46,6 +46,8 @@ class Keys:
     redeliver: str
     retry: str
     dead: str
+    handled: str
+    """The prefix of the group's handled records: one key per event id, with a TTL."""
 
     @classmethod
     def of(cls, prefix: str, topic: str, group: str) -> Keys:
@@ -56,6 +58,7 @@ class Keys:
             redeliver=f"{stream}:redeliver:{group}",
             retry=f"{stream}:retry:{group}",
             dead=f"{stream}:dead:{group}",
+            handled=f"{stream}:handled:{group}:",
         )
 
 

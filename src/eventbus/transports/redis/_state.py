@@ -67,6 +67,7 @@ class Settings:
     maxlen: int | None
     publish_retry_for: float
     socket_timeout: float | None
+    idempotency_ttl: float = 86_400.0
 
 
 class Scripts:

@@ -217,7 +217,8 @@ class RedisSubscription:
         return self._keys.stream, "0"
 
     async def _settle(self, d: RedisDelivery, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a retry or dead-letter script until Redis confirms it; return its reply.
+        """Run a retry or dead-letter script (or a handled record's write) until Redis
+        confirms it; return its reply.
 
         The scripts are idempotent, so repeating one whose reply was lost is harmless,
         and they write nothing when Redis refuses them (WRONGTYPE, OOM, NOPERM). While
@@ -266,6 +267,28 @@ class RedisSubscription:
         d = self._own(delivery)
         self._acks.add(d.slot[0], d.entry_id)
         self._release(d)
+
+    async def handled(self, key: str) -> bool:
+        """Whether the group recorded ``key`` as handled (``HandledRecord``): one EXISTS,
+        tried again with backoff while Redis cannot be reached."""
+        backoff = self._state.settle_backoff()
+        while True:
+            try:
+                return bool(await self._state.client.exists(self._keys.handled + key))
+            except self._state.connection_errors:
+                if self._closed:
+                    raise
+                await self._state.back_off(backoff, "reading a handled record")
+
+    async def ack_handled(self, delivery: Delivery, key: str) -> None:
+        """Record ``key`` as handled by the group (``SET`` with ``idempotency_ttl``), then
+        ack as ``ack`` does. The record is written first: a crash in between leaves an
+        event redelivered and skipped, never a second run."""
+        d = self._own(delivery)
+        ttl_ms = max(1, int(self._state.settings.idempotency_ttl * 1000))
+        client = self._state.client
+        await self._settle(d, lambda: client.set(self._keys.handled + key, b"1", px=ttl_ms))
+        await self.ack(d)
 
     async def nack(self, delivery: Delivery, delay: float, notes: FailureNotes) -> None:
         """Schedule the entry in the group's retry set, then XACK it (one Lua script).

@@ -58,6 +58,9 @@ class RedisTransport:
     - ``socket_timeout``: seconds a command may wait for Redis's reply (default None:
       TCP keepalive notices a dead server; ``publish(timeout=...)`` bounds one publish).
       Setting it costs some latency on every command. Keep it above ``block``.
+    - ``idempotency_ttl``: seconds a group remembers the event ids its idempotent
+      subscribers handled (default one day): one key per event id and group,
+      ``prefix:{name}:handled:group:<event id>``, with that TTL.
 
     The options are checked here (``ConfigurationError``); the URL too, so that a bad one
     fails at once rather than at connect.
@@ -76,6 +79,7 @@ class RedisTransport:
         maxlen: int | None = None,
         publish_retry_for: float = 5.0,
         socket_timeout: float | None = None,
+        idempotency_ttl: float = 86_400.0,
     ) -> None:
         _check_url(url)
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
@@ -93,6 +97,7 @@ class RedisTransport:
             socket_timeout=None
             if socket_timeout is None
             else check_seconds(owner, "socket_timeout", socket_timeout, zero=False),
+            idempotency_ttl=check_seconds(owner, "idempotency_ttl", idempotency_ttl, zero=False),
         )
         if consumer_name is not None and not (
             isinstance(consumer_name, str) and _NAME.fullmatch(consumer_name)
