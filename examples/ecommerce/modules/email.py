@@ -131,10 +131,15 @@ class OutboxStore:
 
 
 def subscribers(store: OutboxStore, sender: MailSender, retry_delay: float) -> Registry:
-    """Email's reactions; failed sends retry 3 times with backoff, then dead-letter."""
+    """Email's reactions; failed sends retry 3 times with backoff, then dead-letter.
+
+    ``idempotent=True``: a redelivered event (a worker died after sending) is acked
+    without a second send. The outbox table below also refuses a second send of one mail,
+    for the window idempotency leaves (a worker dying between the send and the ack).
+    """
     registry = Registry()
     policy = RetryPolicy(max_attempts=4, initial_delay=retry_delay, max_delay=60.0)
-    subscribe = registry.subscribe(group="email", retry=policy, concurrency=8)
+    subscribe = registry.subscribe(group="email", retry=policy, concurrency=8, idempotent=True)
 
     async def deliver(mail: Mail, context: Context) -> None:
         if not store.queue(mail):
