@@ -109,6 +109,7 @@ TARGET_E2E = 0.9  # end to end, one awaited publish(): >= 0.9x raw single XADD
 TARGET_MANY = 0.6  # publish_many(100): >= 0.6x a raw pipeline of 100 XADDs
 TARGET_DRAIN = 0.5  # drain: >= 0.5x the raw consumer
 TARGET_P50 = 1.2  # publish() p50 <= 1.2x a raw XADD's p50
+TARGET_IDEMPOTENT = 0.75  # idempotent=True end to end: >= 0.75x a plain subscriber
 
 Sample = dict[str, float]
 
@@ -274,18 +275,18 @@ async def drain_raw(setup: Setup, meter: Meter) -> int:
 # -- eventbus ----------------------------------------------------------------------------
 
 
-def redis_bus(setup: Setup, counter: Counter | None) -> EventBus:
+def redis_bus(setup: Setup, counter: Counter | None, idempotent: bool = False) -> EventBus:
     """A bus on a ``RedisTransport`` with its defaults; one subscriber when counting."""
     bus = EventBus(transport=RedisTransport(setup.url, prefix=PREFIX))
     if counter is not None:
-        bus.subscribe(group=GROUP)(make_handler(counter))
+        bus.subscribe(group=GROUP, idempotent=idempotent)(make_handler(counter))
     return bus
 
 
-async def e2e_bus(setup: Setup, meter: Meter, tasks: int) -> int:
+async def e2e_bus(setup: Setup, meter: Meter, tasks: int, idempotent: bool = False) -> int:
     """``await bus.publish()`` per event on the worker's own bus, then ``drain()``."""
     counter = Counter()
-    async with redis_bus(setup, counter) as bus:
+    async with redis_bus(setup, counter, idempotent) as bus:
         meter.start()
         await publish_all(bus.publish, setup.pool, meter, tasks)
         await bus.drain(timeout=time_limit(meter.events))
@@ -408,7 +409,15 @@ Run = Callable[[Setup, Meter], Awaitable[int]]
 E2E = Callable[[Setup, Meter, int], Awaitable[int]]
 FILLS: dict[str, Run] = {"raw": fill_raw, "bus": fill_bus, "fs": fill_fs}
 DRAINS: dict[str, Run] = {"raw": drain_raw, "bus": drain_bus, "fs": drain_fs}
-E2ES: dict[str, E2E] = {"raw": e2e_raw, "bus": e2e_bus, "fs": e2e_fs}
+
+
+async def e2e_idempotent(setup: Setup, meter: Meter, tasks: int) -> int:
+    """``e2e_bus`` with an ``idempotent=True`` subscriber (a record read and written per
+    event)."""
+    return await e2e_bus(setup, meter, tasks, idempotent=True)
+
+
+E2ES: dict[str, E2E] = {"raw": e2e_raw, "bus": e2e_bus, "fs": e2e_fs, "idem": e2e_idempotent}
 
 
 @dataclass(frozen=True)
@@ -430,6 +439,7 @@ class Job:
 JOBS = (
     Job("raw-e2e", "raw", drain=False, rows=("raw-single",)),
     Job("bus-e2e", "bus", drain=False, rows=("bus-single",)),
+    Job("idem-e2e", "idem", drain=False, rows=("idem-single",)),
     Job("fs-e2e", "fs", drain=False, rows=("fs-single",)),
     Job("raw-e2e-50", "raw", drain=False, tasks=TASKS, rows=("raw-50",)),
     Job("bus-e2e-50", "bus", drain=False, tasks=TASKS, rows=("bus-50",)),
@@ -603,6 +613,7 @@ DRAIN_SECTION = "drain of a pre-filled stream: worker start until every entry is
 ROWS = (
     Row("raw-single", "redis-py: await xadd(), raw consumer", E2E_SECTION),
     Row("bus-single", "eventbus: await publish(), drain()", E2E_SECTION, "raw-single"),
+    Row("idem-single", "eventbus, idempotent=True subscriber", E2E_SECTION, "bus-single"),
     Row("fs-single", "FastStream: await publish(), StreamSub", E2E_SECTION, "raw-single"),
     Row("raw-50", "redis-py: 50 tasks, await xadd()", E2E_SECTION),
     Row("bus-50", "eventbus: 50 tasks, await publish()", E2E_SECTION, "raw-50"),
@@ -696,6 +707,8 @@ def target_lines(figures: dict[str, Figures], events: int) -> list[Verdict]:
     return [
         rate_target(figures, "bus-single", "raw-single", TARGET_E2E,
                     "end to end, one awaited publish() per event"),
+        rate_target(figures, "idem-single", "bus-single", TARGET_IDEMPOTENT,
+                    "end to end with an idempotent=True subscriber, against a plain one"),
         rate_target(figures, "bus-many", "raw-pipe", TARGET_MANY,
                     "publish_many(100) against a pipeline of 100 XADDs"),
         rate_target(figures, "bus-drain", "raw-drain", TARGET_DRAIN,
