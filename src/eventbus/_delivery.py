@@ -271,7 +271,7 @@ class Delivering:
         verdict: Verdict | None = None,
     ) -> None:
         observers = self._observers
-        if not observers.outcome and (action in ("ack", "duplicate") or not observers.failure):
+        if not observers.listening(action):
             return
         sub = self.sub
         observers.ended(

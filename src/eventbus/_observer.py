@@ -114,6 +114,10 @@ class Observers:
             except Exception:
                 logger.exception("observer %r failed in on_published", observer)
 
+    def listening(self, action: Action) -> bool:
+        """Whether any observer wants to hear of an outcome with this action."""
+        return bool(self.outcome) or (action not in _SUCCESSES and bool(self.failure))
+
     def ended(self, outcome: Outcome) -> None:
         """Tell the observers of outcomes (and of failures, when it is one)."""
         for observer in self.outcome:
