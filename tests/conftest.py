@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from tests.databases import Database, PostgresDatabase, engine_for
 from tests.redis_server import RedisServer
 
 
@@ -33,3 +35,29 @@ async def redis_admin(redis_server: RedisServer) -> AsyncIterator[Any]:
     client: Any = aioredis.Redis.from_url(redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[PostgresDatabase]:
+    """A PostgreSQL database of this test session, dropped at its end."""
+    db = PostgresDatabase.create()
+    yield db
+    db.drop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_database: PostgresDatabase
+) -> AsyncIterator[Database]:
+    """A database for one test (SQLite file, or the session's PostgreSQL database) with
+    outbox and inbox table names of its own."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    else:
+        if postgres_database.error is not None:
+            pytest.skip(postgres_database.error)
+        url = postgres_database.url
+    suffix = secrets.token_hex(4)
+    engine = engine_for(url)
+    yield Database(engine, url, f"outbox_{suffix}", f"inbox_{suffix}")
+    await engine.dispose()

@@ -12,7 +12,7 @@ import anyio
 from ._clock import Clock, clock_of, sleeper
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
 from ._deadletter import DeadLetter, from_stored
-from ._delivery import Delivering, run_immediate
+from ._delivery import Delivering, logger, run_immediate
 from ._envelope import Envelope, EnvelopeFactory
 from ._errors import (
     BusStateError,
@@ -22,6 +22,7 @@ from ._event import Event
 from ._middleware import Middleware
 from ._observer import DeadLetterErrors, Observer, Observers
 from ._options import check_seconds
+from ._outbox import OutboxRelay, OutboxStore
 from ._publisher import Publisher
 from ._registry import Registry
 from ._retry import RetryPolicy
@@ -78,6 +79,9 @@ class EventBus:
       Default: the transport's ``clock`` when it has one
       (``InMemoryTransport(clock=VirtualClock())``), else real time. Waits for the
       outside world (a failing transport) are always real time.
+    - ``outbox``: an ``eventbus.outbox.Outbox``: ``publish(event, transaction=conn)``
+      writes the event in the application's database transaction, and this bus runs a
+      relay that publishes committed events (see ``docs/outbox.md``).
 
     A bus is a worker of every group it has subscribers for: two buses on one transport
     share the events of a group. A bus without subscribers only publishes. A bus runs
@@ -94,6 +98,7 @@ class EventBus:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         shutdown_grace: float = 10.0,
         clock: Clock | None = None,
+        outbox: OutboxStore | None = None,
     ) -> None:
         self._grace = check_seconds("EventBus", "shutdown_grace", shutdown_grace)
         self._transport: Transport = transport if transport is not None else InMemoryTransport()
@@ -113,6 +118,8 @@ class EventBus:
         self._conn: Connection | None = None
         self._publisher: Publisher | None = None
         self._workers = Workers(self._codec)
+        self._outbox = outbox
+        self._relay: OutboxRelay | None = None
 
     @property
     def transport(self) -> Transport:
@@ -210,8 +217,9 @@ class EventBus:
         )
         self._state = _State.RUNNING
         try:
+            relay = self._relay = await self._outbox.start(conn) if self._outbox else None
             engines = [self._engine(s) for s in self._registry if s.mode == "background"]
-            await self._workers.start(conn, engines)
+            await self._workers.start(conn, engines, [relay.run] if relay else [])
         except BaseException as exc:
             await self._close(exc)
             raise
@@ -234,6 +242,7 @@ class EventBus:
         conn = self._conn
         assert conn is not None
         try:
+            await self._flush_outbox(exc)
             drain = not self._transport.features.survives_restart
             await self._workers.stop(conn, exc, self._grace, drain=drain)
         finally:
@@ -242,7 +251,22 @@ class EventBus:
                     await conn.aclose()
             finally:
                 self._state = _State.CLOSED
-                self._conn = self._publisher = None
+                self._conn = self._publisher = self._relay = None
+
+    async def _flush_outbox(self, exc: BaseException | None) -> None:
+        """Publish what this bus's transactions committed to the outbox, within the
+        grace; what is left waits in the table for the next relay."""
+        if self._relay is None or not isinstance(exc, Exception | None):
+            return
+        with anyio.move_on_after(self._grace):
+            try:
+                await self._relay.flush()
+            except Exception as error:
+                logger.warning(
+                    "the outbox relay could not publish everything before closing (%s); "
+                    "the rows wait in the outbox table for the next relay",
+                    type(error).__name__,
+                )
 
     # -- publishing ------------------------------------------------------------------
 
@@ -254,6 +278,7 @@ class EventBus:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         timeout: float | None = None,
+        transaction: object | None = None,
     ) -> Envelope:
         """Publish ``event`` to every group subscribed to its type; return its envelope.
 
@@ -268,10 +293,21 @@ class EventBus:
         refused it, ``TransportError`` when the transport failed, and
         ``ImmediateHandlerError`` when an immediate subscriber failed (the event was
         published all the same). Safe to call from many tasks at once.
+
+        ``transaction``: an open SQLAlchemy ``AsyncConnection`` or ``AsyncSession`` of
+        the bus's ``outbox``: the event is written into the outbox table within it and
+        exists if and only if it commits; the relay publishes it after the commit.
+        Immediate subscribers run at once, inside the open transaction. ``timeout``
+        does not apply; ``ConfigurationError`` when the bus has no outbox.
         """
         publisher = self._publisher
         if publisher is None:
             raise self._not_running()
+        if transaction is not None:
+            staged = await self._stage(
+                publisher, transaction, [event], headers, correlation_id, causation_id
+            )
+            return staged[0]
         envelope = self._envelopes.make(event, headers, correlation_id, causation_id)
         if self._on_publish:
             await publisher.write_around(event, envelope, None, timeout, True)
@@ -297,6 +333,7 @@ class EventBus:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         timeout: float | None = None,
+        transaction: object | None = None,
     ) -> list[Envelope]:
         """Publish several events at once, in order; return their envelopes.
 
@@ -317,13 +354,39 @@ class EventBus:
         by one, the events before the failing one are. Immediate
         subscribers run after the whole batch is written, for every event; the first
         ``ImmediateHandlerError`` is raised after all of them.
+
+        ``transaction``: as for ``publish()``, every event written in that transaction.
         """
         publisher = self._publisher
         if publisher is None:
             raise self._not_running()
+        if transaction is not None:
+            return await self._stage(
+                publisher, transaction, events, headers, correlation_id, causation_id
+            )
         make = self._envelopes.make
         batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
         await publisher.write_many(batch, timeout)
+        return [envelope for _, envelope in batch]
+
+    async def _stage(
+        self,
+        publisher: Publisher,
+        transaction: object,
+        events: Iterable[Event],
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+    ) -> list[Envelope]:
+        """Write events into the outbox within the application's transaction."""
+        if self._outbox is None:
+            raise ConfigurationError(
+                "publish(transaction=...) needs a bus with an outbox: "
+                "EventBus(..., outbox=Outbox(engine)) (from eventbus.outbox import Outbox)"
+            )
+        make = self._envelopes.make
+        batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
+        await publisher.stage(self._outbox, transaction, batch)
         return [envelope for _, envelope in batch]
 
     # -- waiting and dead letters -----------------------------------------------------
@@ -335,12 +398,16 @@ class EventBus:
         share it (a group whose worker has stopped keeps it waiting). Raises
         ``TimeoutError`` after ``timeout`` seconds, ``BusStateError`` outside
         ``async with bus:``, ``ConfigurationError`` when the transport cannot tell
-        (no ``IdleWaiting``), ``TransportError`` when the transport fails.
+        (no ``IdleWaiting``), ``TransportError`` when the transport fails. With an
+        outbox, first publishes the rows committed so far (those other relays hold
+        aside).
         """
         idle = self._open_connection()
         if not isinstance(idle, IdleWaiting):
             raise self._lacks("IdleWaiting", "drain()")
         with anyio.fail_after(timeout):
+            if self._relay is not None:
+                await self._relay.flush()
             await idle.wait_idle()
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:

@@ -12,6 +12,7 @@ from ._errors import ImmediateHandlerError, PublishOutcomeUnknownError, PublishR
 from ._event import Event
 from ._middleware import run_around
 from ._observer import Observers
+from ._outbox import OutboxStore
 from .transports._contract import BatchPublishing, Connection, Message, ReferencePublishing
 
 __all__ = ["Publisher"]
@@ -102,6 +103,32 @@ class Publisher:
                 self.observers.published_event(event, envelope)
         else:
             await self._write_each(batch, items, timeout)
+        await self._run_immediate(batch)
+
+    async def stage(self, outbox: OutboxStore, transaction: object, batch: Batch) -> None:
+        """Write the batch into ``outbox`` within the application's ``transaction`` (each
+        event within the middleware's ``on_publish`` hooks, when there are any), tell the
+        observers, then run the immediate subscribers of every event (inside the open
+        transaction: it may still roll back)."""
+        if self._on_publish:
+            for event, envelope in batch:
+
+                async def write(event: Event = event, envelope: Envelope = envelope) -> None:
+                    message = self._codec.encode(event, envelope)
+                    await outbox.write(transaction, [(envelope.name, message)])
+
+                await run_around(self._on_publish, (event, envelope), write)
+        else:
+            encode = self._codec.encode
+            await outbox.write(transaction, [(env.name, encode(e, env)) for e, env in batch])
+        if self.observers.published:
+            for event, envelope in batch:
+                self.observers.published_event(event, envelope)
+        await self._run_immediate(batch)
+
+    async def _run_immediate(self, batch: Batch) -> None:
+        """Run the immediate subscribers of every event, raising the first failure after
+        all ran."""
         first: ImmediateHandlerError | None = None
         for event, envelope in batch:
             engines = self.immediate.get(type(event))

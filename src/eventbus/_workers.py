@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -18,8 +19,9 @@ __all__ = ["Workers"]
 
 
 class Workers:
-    """One ``Consumer`` per background subscriber and event type, and the connection's
-    ``serve()`` when it has one, all in one task group.
+    """One ``Consumer`` per background subscriber and event type, the connection's
+    ``serve()`` when it has one, and the outbox relay when there is one, all in one task
+    group.
 
     The urgent and the background event types of a subscriber count their
     ``concurrency`` apart (each lane has its own limit), so an urgent event never waits
@@ -33,14 +35,22 @@ class Workers:
         self._serve_scope: anyio.CancelScope | None = None
         self.stopping = False
 
-    async def start(self, conn: Connection, engines: Iterable[Delivering]) -> None:
-        """Run ``serve()`` and subscribe each engine's subscriber to each of its event
-        types. On a failure, call ``stop()`` before letting the error propagate."""
+    async def start(
+        self,
+        conn: Connection,
+        engines: Iterable[Delivering],
+        background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+    ) -> None:
+        """Run the connection's ``serve()`` and the ``background`` jobs (an outbox relay)
+        until the consumers have stopped, and subscribe each engine's subscriber to each
+        of its event types. On a failure, call ``stop()`` before letting the error
+        propagate."""
         task_group = self._task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._serve_scope = anyio.CancelScope()
-        if isinstance(conn, Serving):
-            task_group.start_soon(self._serve, conn)
+        jobs = [*background, conn.serve] if isinstance(conn, Serving) else list(background)
+        if jobs:
+            task_group.start_soon(self._serve, jobs)
         for engine in engines:
             await self._subscribe(conn, engine, task_group)
 
@@ -107,11 +117,13 @@ class Workers:
                 grace,
             )
 
-    async def _serve(self, conn: Serving) -> None:
-        """Run the connection's background work until the consumers have stopped."""
+    async def _serve(self, jobs: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        """Run the background jobs until the consumers have stopped."""
         assert self._serve_scope is not None
         with self._serve_scope:
-            await conn.serve()
+            async with anyio.create_task_group() as jobs_group:
+                for job in jobs:
+                    jobs_group.start_soon(job)
 
     async def _cancel_after_grace(self, deadline: float) -> None:
         """Wait for the consumer loops to finish; cancel what still runs at the deadline."""

@@ -1,0 +1,137 @@
+"""``Relay``: publishes the committed rows of an outbox table to one connection."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from sqlalchemy import Connection as SyncConnection
+from sqlalchemy import Table, delete, false, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from eventbus._backoff import Backoff
+from eventbus._errors import EventBusError, PublishOutcomeUnknownError, PublishRefusedError
+from eventbus.transports._contract import BatchPublishing, Connection, Message
+
+__all__ = ["Relay"]
+
+logger = logging.getLogger("eventbus.outbox")
+
+_COMMIT_WAIT = 5.0  # seconds a relay waits for a local commit to finish before looking
+
+
+class Relay:
+    """Moves outbox rows to the transport: one database transaction per batch takes the
+    oldest rows (locking them on PostgreSQL, ``SKIP LOCKED``; holding SQLite's write
+    lock), publishes them in order, deletes those the transport stored, and commits.
+
+    ``run()`` loops: at once after a local commit wrote to the outbox, else every poll
+    interval, and again at once while batches come full. Failures of the database or the
+    transport are logged and retried with a capped backoff; rows stay until stored.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, table: Table, conn: Connection, batch_size: int, poll: float
+    ) -> None:
+        self._engine = engine
+        self._table = table
+        self._conn = conn
+        self._batch_size = batch_size
+        self._poll = poll
+        self._committing: list[SyncConnection] = []
+        self._wake = anyio.Event()
+        self._lock = anyio.Lock()
+        sqlite = engine.dialect.name == "sqlite"
+        columns = (table.c.position, table.c.topic, table.c.headers, table.c.body)
+        query = select(*columns).order_by(table.c.position).limit(batch_size)
+        self._select = query if sqlite else query.with_for_update(skip_locked=True)
+        # SQLite: a write first takes the database's write lock for the whole batch
+        self._take_lock = (
+            update(table).where(false()).values(position=table.c.position) if sqlite else None
+        )
+
+    def committed(self, conn: SyncConnection) -> None:
+        """A transaction of ``conn`` that wrote to the outbox is committing: look soon."""
+        self._committing.append(conn)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until cancelled."""
+        backoff = Backoff(0.05, 5.0)
+        while True:
+            self._wake = anyio.Event()
+            try:
+                moved = await self._pass()
+            except (SQLAlchemyError, OSError, EventBusError) as exc:
+                delay = backoff.failed()
+                logger.error(
+                    "outbox relay failed (%s: %s); retrying in %.2f s",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await backoff.wait(delay)
+                continue
+            backoff.reset()
+            if moved < self._batch_size:
+                with anyio.move_on_after(self._poll):
+                    await self._wake.wait()
+                await self._after_commits()
+
+    async def flush(self) -> None:
+        """Publish batches until the table holds no row this relay can take; raises
+        the database's or the transport's error."""
+        while await self._pass() >= self._batch_size:
+            pass
+
+    async def _after_commits(self) -> None:
+        """Wait until the local commits that woke the relay have finished."""
+        conns, self._committing = self._committing, []
+        deadline = anyio.current_time() + _COMMIT_WAIT
+        for conn in conns:
+            wait = 0.0002
+            while conn.in_transaction() and anyio.current_time() < deadline:
+                await anyio.sleep(wait)
+                wait = min(wait * 2, 0.01)
+
+    async def _pass(self) -> int:
+        """One batch in one database transaction; the number of rows taken."""
+        async with self._lock, self._engine.begin() as db:
+            if self._take_lock is not None:
+                await db.execute(self._take_lock)
+            rows = (await db.execute(self._select)).all()
+            if not rows:
+                return 0
+            stored, error = await self._publish(rows)
+            if stored:
+                await db.execute(delete(self._table).where(self._table.c.position.in_(stored)))
+        if error is not None:
+            raise error
+        return len(rows)
+
+    async def _publish(self, rows: Sequence[Any]) -> tuple[list[int], EventBusError | None]:
+        """Publish the rows in order; the positions the transport stored, and the error
+        that stopped the batch (None when all were stored)."""
+        positions = [row.position for row in rows]
+        items = [(row.topic, Message(row.body, json.loads(row.headers))) for row in rows]
+        if isinstance(self._conn, BatchPublishing):
+            try:
+                await self._conn.publish_many(items)
+            except PublishRefusedError as exc:
+                pairs = zip(positions, exc.stored_ids, strict=False)
+                return [position for position, id_ in pairs if id_ is not None], exc
+            except PublishOutcomeUnknownError as exc:
+                return positions[: exc.stored], exc
+            except EventBusError as exc:
+                return [], exc
+            return positions, None
+        for done, (topic, message) in enumerate(items):
+            try:
+                await self._conn.publish(topic, message)
+            except EventBusError as exc:
+                return positions[:done], exc
+        return positions, None
