@@ -3,9 +3,12 @@ transaction commits, and a relay publishes it with the id it got at write time."
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections import Counter
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -25,8 +28,10 @@ from eventbus import (
 from eventbus.outbox import Outbox
 from eventbus.testing import drain
 from eventbus.transports import Connection, Features, Message, Subscription, Transport
+from eventbus.transports.redis import RedisTransport
 from tests.databases import Database
 from tests.events import OrderCreated
+from tests.redis_server import RedisServer
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -108,7 +113,7 @@ async def test_a_commit_wakes_the_relay_without_waiting_for_the_poll(database: D
         for count in (1, 2):  # the first may meet the relay's first look; the second not
             async with database.engine.begin() as conn:
                 await bus.publish(OrderCreated(order_id=f"o-{count}"), transaction=conn)
-            await wait_for(lambda: len(seen) == count, 10, "the event to be handled")  # noqa: B023
+            await wait_for(lambda: len(seen) == count, 10, "the event to be handled")  # noqa: B023 - read at once
 
 
 async def test_a_session_is_a_transaction_too(database: Database) -> None:
@@ -351,3 +356,37 @@ async def test_leaving_the_bus_publishes_what_was_committed(database: Database) 
             await api.publish(OrderCreated(order_id="o-1"), transaction=conn)
         await drain(consumer)
     assert len(seen) == 1
+
+
+async def test_a_writer_killed_right_after_commit_loses_no_event(
+    database: Database, redis_server: RedisServer
+) -> None:
+    """kill -9 right after the last commit: a relay started later publishes every
+    committed event, each id once in the stream."""
+    prefix = f"outbox-kill-{database.outbox_table}"
+    args = [database.url, database.outbox_table, redis_server.url, prefix, "200"]
+    writer = await anyio.run_process(
+        [sys.executable, "-m", "tests.outbox_writer", *args], check=False
+    )
+    assert writer.returncode == -signal.SIGKILL, writer.stderr.decode()
+    committed = writer.stdout.decode().split()
+    assert len(committed) == 200
+    seen: list[Envelope] = []
+    transport = RedisTransport(redis_server.url, prefix=prefix)
+    outbox = outbox_of(database)
+    async with recording_bus(transport, outbox, seen) as bus:
+        await bus.drain(timeout=30)
+        assert await outbox.pending() == 0
+    assert sorted({e.id for e in seen}) == sorted(committed)
+
+
+def test_a_bus_with_an_outbox_refuses_to_start_on_trio(tmp_path: Any) -> None:
+    """SQLAlchemy's asyncio extension needs asyncio: starting on trio says so."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+
+    async def start() -> None:
+        async with EventBus(outbox=Outbox(engine)):
+            raise AssertionError("started")
+
+    with pytest.raises(ConfigurationError, match="asyncio only"):
+        anyio.run(start, backend="trio")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from sqlalchemy import Connection as SyncConnection
 from sqlalchemy import MetaData, event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from eventbus._errors import PublishError
+from eventbus._errors import ConfigurationError, PublishError
 from eventbus._options import check_count, check_seconds
 from eventbus.transports._contract import Connection, Message
 
@@ -107,7 +108,14 @@ class Outbox:
 
     async def start(self, conn: Connection) -> Relay | None:
         """Create the table when asked to; the relay for a bus publishing to ``conn``
-        (None when ``relay=False``)."""
+        (None when ``relay=False``); ``ConfigurationError`` outside asyncio."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError(
+                "Outbox runs on asyncio only (SQLAlchemy's asyncio extension); "
+                "this bus runs on another event loop"
+            ) from None
         if self._create:
             await create_table(self.engine, self.table)
         if not self._relaying:
