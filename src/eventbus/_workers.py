@@ -78,7 +78,8 @@ class Workers:
         """Stop within ``grace`` seconds: first handle what is queued when ``drain`` (a
         transport that keeps nothing across a restart), then take no new work, let busy
         handlers finish, and cancel what still runs at the deadline."""
-        assert self._task_group is not None
+        if self._task_group is None:
+            return  # never started
         deadline = anyio.current_time() + grace
         failure: BaseException | None = None
         try:
