@@ -12,7 +12,7 @@ import anyio
 from ._clock import Clock, clock_of, sleeper
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
 from ._deadletter import DeadLetter, from_stored
-from ._delivery import Delivering, logger, run_immediate
+from ._delivery import Delivering, run_immediate
 from ._envelope import Envelope, EnvelopeFactory
 from ._errors import (
     BusStateError,
@@ -22,7 +22,7 @@ from ._event import Event
 from ._middleware import Middleware
 from ._observer import DeadLetterErrors, Observer, Observers
 from ._options import check_seconds
-from ._outbox import OutboxRelay, OutboxStore
+from ._outbox import OutboxStore
 from ._publisher import Publisher
 from ._registry import Registry
 from ._retry import RetryPolicy
@@ -119,7 +119,6 @@ class EventBus:
         self._publisher: Publisher | None = None
         self._workers = Workers(self._codec)
         self._outbox = outbox
-        self._relay: OutboxRelay | None = None
 
     @property
     def transport(self) -> Transport:
@@ -217,9 +216,9 @@ class EventBus:
         )
         self._state = _State.RUNNING
         try:
-            relay = self._relay = await self._outbox.start(conn) if self._outbox else None
+            relay = await self._outbox.start(conn) if self._outbox else None
             engines = [self._engine(s) for s in self._registry if s.mode == "background"]
-            await self._workers.start(conn, engines, [relay.run] if relay else [])
+            await self._workers.start(conn, engines, relay)
         except BaseException as exc:
             await self._close(exc)
             raise
@@ -242,7 +241,6 @@ class EventBus:
         conn = self._conn
         assert conn is not None
         try:
-            await self._flush_outbox(exc)
             drain = not self._transport.features.survives_restart
             await self._workers.stop(conn, exc, self._grace, drain=drain)
         finally:
@@ -251,22 +249,7 @@ class EventBus:
                     await conn.aclose()
             finally:
                 self._state = _State.CLOSED
-                self._conn = self._publisher = self._relay = None
-
-    async def _flush_outbox(self, exc: BaseException | None) -> None:
-        """Publish what this bus's transactions committed to the outbox, within the
-        grace; what is left waits in the table for the next relay."""
-        if self._relay is None or not isinstance(exc, Exception | None):
-            return
-        with anyio.move_on_after(self._grace):
-            try:
-                await self._relay.flush()
-            except Exception as error:
-                logger.warning(
-                    "the outbox relay could not publish everything before closing (%s); "
-                    "the rows wait in the outbox table for the next relay",
-                    type(error).__name__,
-                )
+                self._conn = self._publisher = None
 
     # -- publishing ------------------------------------------------------------------
 
@@ -406,8 +389,7 @@ class EventBus:
         if not isinstance(idle, IdleWaiting):
             raise self._lacks("IdleWaiting", "drain()")
         with anyio.fail_after(timeout):
-            if self._relay is not None:
-                await self._relay.flush()
+            await self._workers.flush_outbox()
             await idle.wait_idle()
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:

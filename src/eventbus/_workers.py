@@ -12,6 +12,7 @@ from ._codec import Codec
 from ._consumer import Consumer
 from ._delivery import Delivering, logger
 from ._errors import ConfigurationError
+from ._outbox import OutboxRelay
 from ._subscriber import Subscriber
 from .transports._contract import Connection, HandledRecord, IdleWaiting, Serving
 
@@ -33,22 +34,25 @@ class Workers:
         self._consumers: list[Consumer] = []
         self._task_group: anyio.abc.TaskGroup | None = None
         self._serve_scope: anyio.CancelScope | None = None
+        self._relay: OutboxRelay | None = None
         self.stopping = False
 
     async def start(
         self,
         conn: Connection,
         engines: Iterable[Delivering],
-        background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        relay: OutboxRelay | None = None,
     ) -> None:
-        """Run the connection's ``serve()`` and the ``background`` jobs (an outbox relay)
-        until the consumers have stopped, and subscribe each engine's subscriber to each
-        of its event types. On a failure, call ``stop()`` before letting the error
-        propagate."""
+        """Run the connection's ``serve()`` and the outbox ``relay`` until the consumers
+        have stopped, and subscribe each engine's subscriber to each of its event types.
+        On a failure, call ``stop()`` before letting the error propagate."""
         task_group = self._task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._serve_scope = anyio.CancelScope()
-        jobs = [*background, conn.serve] if isinstance(conn, Serving) else list(background)
+        self._relay = relay
+        jobs: list[Callable[[], Coroutine[Any, Any, None]]] = [relay.run] if relay else []
+        if isinstance(conn, Serving):
+            jobs.append(conn.serve)
         if jobs:
             task_group.start_soon(self._serve, jobs)
         for engine in engines:
@@ -72,15 +76,23 @@ class Workers:
             consumer.start(task_group)
             self._consumers.append(consumer)
 
+    async def flush_outbox(self) -> None:
+        """Publish the outbox rows committed so far (nothing without a relay)."""
+        if self._relay is not None:
+            await self._relay.flush()
+
     async def stop(
         self, conn: Connection, exc: BaseException | None, grace: float, *, drain: bool
     ) -> None:
-        """Stop within ``grace`` seconds: first handle what is queued when ``drain`` (a
-        transport that keeps nothing across a restart), then take no new work, let busy
-        handlers finish, and cancel what still runs at the deadline."""
+        """Stop within ``grace`` seconds: first publish what was committed to the outbox,
+        and handle what is queued when ``drain`` (a transport that keeps nothing across a
+        restart); then take no new work, let busy handlers finish, and cancel what still
+        runs at the deadline."""
         if self._task_group is None:
             return  # never started
         deadline = anyio.current_time() + grace
+        if isinstance(exc, Exception | None):
+            await self._flush_before_stop(grace)
         failure: BaseException | None = None
         try:
             if drain and isinstance(conn, IdleWaiting) and self._should_drain(exc):
@@ -99,6 +111,19 @@ class Workers:
             await self._task_group.__aexit__(type(cause), cause, cause.__traceback__)
         if failure is not None:
             raise failure
+
+    async def _flush_before_stop(self, grace: float) -> None:
+        """Publish the committed outbox rows within ``grace``; the rest waits in the
+        table for the next relay."""
+        with anyio.move_on_after(grace):
+            try:
+                await self.flush_outbox()
+            except Exception as error:
+                logger.warning(
+                    "the outbox relay could not publish everything before closing (%s); "
+                    "the rows wait in the outbox table for the next relay",
+                    type(error).__name__,
+                )
 
     def _should_drain(self, exc: BaseException | None) -> bool:
         if not self._consumers:

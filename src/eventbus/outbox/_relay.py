@@ -22,6 +22,7 @@ __all__ = ["Relay"]
 logger = logging.getLogger("eventbus.outbox")
 
 _COMMIT_WAIT = 5.0  # seconds a relay waits for a local commit to finish before looking
+_PASS_LIMIT = 30.0  # seconds one batch may take (database and transport together)
 
 
 class Relay:
@@ -99,7 +100,15 @@ class Relay:
                 wait = min(wait * 2, 0.01)
 
     async def _pass(self) -> int:
-        """One batch in one database transaction; the number of rows taken."""
+        """One batch in one database transaction; the number of rows taken. A pass is
+        not cancelled midway (a cancelled query can leave a connection unusable); it
+        fails with ``TimeoutError`` after ``_PASS_LIMIT`` seconds instead."""
+        moved = 0
+        with anyio.CancelScope(shield=True), anyio.fail_after(_PASS_LIMIT):
+            moved = await self._take_batch()
+        return moved
+
+    async def _take_batch(self) -> int:
         async with self._lock, self._engine.begin() as db:
             if self._take_lock is not None:
                 await db.execute(self._take_lock)
