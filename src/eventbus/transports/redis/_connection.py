@@ -207,9 +207,14 @@ class RedisConnection:
                 await self.state.back_off(backoff, "waiting for the groups to finish")
 
     async def _idle(self) -> bool:
-        """Send every subscription's acks, then look at each group (one script each)."""
+        """Send every subscription's acks, then look at each group (one script each).
+        Not idle while a subscription of this connection still holds an entry: one
+        whose entry left the stream and the pending list is being settled from what the
+        worker holds, which Redis no longer shows."""
         for sub in self._subs:
             await sub.flush_acks()
+            if sub.holding:
+                return False
         for topic, group in await self.state.groups():
             keys = self.state.keys(topic, group)
             idle = await self.state.scripts.idle(

@@ -59,6 +59,11 @@ class RedisSubscription:
         """The consumer group."""
         return self._group
 
+    @property
+    def holding(self) -> bool:
+        """Whether this consumer holds an entry it has not settled yet."""
+        return bool(self._held)
+
     def held_entries(self) -> dict[str, list[str]]:
         """Entry ids this consumer holds (suspects, buffered, in flight), by stream key."""
         out: dict[str, list[str]] = {self._keys.stream: [], self._keys.redeliver: []}
