@@ -11,7 +11,8 @@ Configured through the environment:
 - bus options ``EVENTBUS_TEST_GRACE`` (shutdown grace, default 5) and
   ``EVENTBUS_TEST_MAX_PAYLOAD`` (max_payload_bytes, default 1 MiB);
 - subscriber options ``EVENTBUS_TEST_CONCURRENCY`` (4), ``EVENTBUS_TEST_HANDLER_TIMEOUT``
-  (1) and ``EVENTBUS_TEST_MAX_ATTEMPTS`` (2).
+  (1), ``EVENTBUS_TEST_MAX_ATTEMPTS`` (2) and ``EVENTBUS_TEST_IDEMPOTENT`` (``1``:
+  ``idempotent=True``).
 
 What the handler does depends on the order id: ``crash-*`` kills the process
 (``os._exit``) before the handler finishes, ``slow-*`` takes ``EVENTBUS_TEST_SLOW``
@@ -68,6 +69,7 @@ def make_bus() -> EventBus:
         concurrency=int(_number("CONCURRENCY", "4")),
         timeout=_number("HANDLER_TIMEOUT", "1"),
         retry=RetryPolicy(max_attempts=int(_number("MAX_ATTEMPTS", "2")), initial_delay=0.05),
+        idempotent=os.environ.get("EVENTBUS_TEST_IDEMPOTENT") == "1",
     )
     async def record(event: OrderCreated) -> None:
         order = event.order_id
