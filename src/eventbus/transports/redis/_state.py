@@ -28,11 +28,13 @@ from ._scripts import (
     CLAIM_IDS,
     DEAD_LETTER,
     IDLE,
+    LEASE,
     PROMOTE,
     PRUNE_CONSUMERS,
     REPLAY,
     RETRY,
     STATS,
+    TAKE,
     Keys,
 )
 
@@ -43,6 +45,7 @@ logger = logging.getLogger("eventbus.redis")
 
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
+_LEASE_BATCH = 500  # entry ids per LEASE script call (Lua's unpack has a limit)
 
 
 @asynccontextmanager
@@ -82,6 +85,8 @@ class Scripts:
         self.stats = client.register_script(STATS)
         self.claim_ids = client.register_script(CLAIM_IDS)
         self.prune_consumers = client.register_script(PRUNE_CONSUMERS)
+        self.take = client.register_script(TAKE)
+        self.lease = client.register_script(LEASE)
 
 
 class RedisState:
@@ -185,17 +190,22 @@ class RedisState:
     # -- held entries --------------------------------------------------------------------
 
     async def renew(self, held: Mapping[str, list[str]], group: str) -> None:
-        """Keep the leases of held entries: XCLAIM them to this consumer, idle 0."""
-        for key, ids in held.items():
-            if ids:
-                await self.client.xclaim(key, group, self.consumer, 0, ids, justid=True)
+        """Keep the leases of held entries (idle 0) that this consumer still holds; one
+        taken over meanwhile is left to its new holder."""
+        await self._lease(held, group, 0)
 
     async def release(self, held: Mapping[str, list[str]], group: str) -> None:
-        """Make held entries claimable at once by the group's other consumers."""
-        idle = int(self.settings.claim_timeout * 1000) + 1
+        """Make held entries claimable at once by the group's other consumers (those
+        this consumer still holds)."""
+        await self._lease(held, group, int(self.settings.claim_timeout * 1000) + 1)
+
+    async def _lease(self, held: Mapping[str, list[str]], group: str, idle_ms: int) -> None:
+        """Set the idle time of the entries this consumer holds (the LEASE script)."""
         for key, ids in held.items():
-            if ids:
-                await self.client.xclaim(key, group, self.consumer, 0, ids, idle=idle, justid=True)
+            for start in range(0, len(ids), _LEASE_BATCH):
+                args: list[Any] = [group, self.consumer, idle_ms]
+                args += ids[start : start + _LEASE_BATCH]
+                await self.scripts.lease(keys=[key], args=args)
 
     async def forget_consumer(self, keys: Keys, group: str) -> None:
         """Delete this consumer from the group when it holds nothing (a clean close)."""
