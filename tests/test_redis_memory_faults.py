@@ -113,10 +113,10 @@ async def test_group_flows_under_oom_and_a_refused_retry_promotion_completes_onc
             await wait_for(lambda: _silent(admin, stream), 10, "the consumer to be silent")
 
             await run_out_of_memory(admin)
+            refused_before = await oom_refusals(admin)  # the probe's
             gate.set()
             await wait_for(lambda: {(o, 1) for o in NEW} <= set(handled), 10, "new events")
             await wait_for(lambda: _nothing_pending(admin, stream), 10, "their acks (XACK)")
-            refused_before = await oom_refusals(admin)  # the probe's
             await wait_for(
                 lambda: _refused_since(admin, refused_before, 3), 10, "3 refused promotions"
             )

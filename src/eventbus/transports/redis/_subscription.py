@@ -142,8 +142,7 @@ class RedisSubscription:
         except ResponseError as exc:
             self._promote_at = now + self._promotion.refused(exc, now)
             return
-        if self._promotion.refusals:
-            self._promotion.taken()
+        self._promotion.taken()
         wait = next_due_ms / 1000 if next_due_ms >= 0 else block
         self._promote_at = now + min(wait, block)
 
