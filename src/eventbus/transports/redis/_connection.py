@@ -176,7 +176,8 @@ class RedisConnection:
     # -- background work -----------------------------------------------------------
 
     async def serve(self) -> None:
-        """Keep the leases of held entries: XCLAIM them to ourselves every so often."""
+        """Keep the leases of held entries: XCLAIM them to ourselves every so often; and
+        list the groups whose listing in ``prefix:groups`` Redis refused."""
         while not self._closed:
             await anyio.sleep(self.state.settings.claim_timeout / 3)
             for sub in list(self._subs):
@@ -184,6 +185,10 @@ class RedisConnection:
                     await self.state.renew(sub.held_entries(), sub.group)
                 except (RedisError, OSError) as exc:
                     logger.warning("could not renew the leases of %s: %s", sub.group, exc)
+            try:
+                await self.state.list_unlisted()
+            except (RedisError, OSError) as exc:
+                logger.warning("could not list the groups: %s", exc)
 
     # -- waiting and dead letters ----------------------------------------------------
 

@@ -16,6 +16,7 @@ __all__ = [
     "DL_NOTES",
     "DL_ORIGIN",
     "IDLE",
+    "LEASE",
     "META_ATTEMPT",
     "META_NOTES",
     "META_ORIGIN",
@@ -25,6 +26,7 @@ __all__ = [
     "REPLAY",
     "RETRY",
     "STATS",
+    "TAKE",
     "Keys",
 ]
 
@@ -253,6 +255,44 @@ return {waiting + waiting2, pending + pending2, redis.call('ZCARD', KEYS[3]),
 CLAIM_IDS = """
 return redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
                   'COUNT', ARGV[5], 'JUSTID')
+"""
+
+# KEYS: stream. ARGV: group, consumer, min idle ms, entry id.
+# Takes one pending entry for the consumer, counting one more delivery (XCLAIM, idle 0),
+# only while the consumer still holds it or it has been idle at least min idle ms (its
+# holder died): the check and the claim are one atomic step, so that of two consumers
+# after the same entry one takes it and the other neither gets it nor raises its count.
+# Returns {1, fields, deliveries} when taken; {0} when it is no longer pending (settled);
+# {-1} when another consumer holds it; {-2} when it is gone from the stream (left
+# pending, for the caller to record).
+TAKE = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], ARGV[4], 1)
+if #rows == 0 then return {0} end
+local holder, idle, deliveries = rows[1][2], rows[1][3], rows[1][4]
+if holder ~= ARGV[2] and idle < tonumber(ARGV[3]) then return {-1} end
+if #redis.call('XRANGE', KEYS[1], ARGV[4], ARGV[4]) == 0 then return {-2} end
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[4])
+return {1, claimed[1][2], deliveries + 1}
+"""
+
+# KEYS: stream. ARGV: group, consumer, idle ms, entry ids.
+# Sets the idle time of the entries the consumer still holds (XCLAIM ... IDLE ... JUSTID:
+# delivery counts unchanged; an entry gone from the stream leaves the pending list), and
+# leaves alone those another consumer took over meanwhile: a lease is renewed (idle 0) or
+# handed back (idle past the claim timeout) by its holder only. Returns how many it set.
+LEASE = """
+local held = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 4, #ARGV do
+  local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #rows > 0 and rows[1][2] == ARGV[2] then held[#held + 1] = ARGV[i] end
+end
+if #held == 5 then return 0 end
+local count = #held - 5
+held[#held + 1] = 'IDLE'
+held[#held + 1] = ARGV[3]
+held[#held + 1] = 'JUSTID'
+redis.call(unpack(held))
+return count
 """
 
 # KEYS: stream. ARGV: group, min idle ms, this consumer's name.

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
@@ -24,15 +25,18 @@ from eventbus._backoff import Backoff
 from eventbus._errors import TransportError
 
 from ._links import Links
+from ._refusals import RefusedWrite
 from ._scripts import (
     CLAIM_IDS,
     DEAD_LETTER,
     IDLE,
+    LEASE,
     PROMOTE,
     PRUNE_CONSUMERS,
     REPLAY,
     RETRY,
     STATS,
+    TAKE,
     Keys,
 )
 
@@ -43,6 +47,7 @@ logger = logging.getLogger("eventbus.redis")
 
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
+_LEASE_BATCH = 500  # entry ids per LEASE script call (Lua's unpack has a limit)
 
 
 @asynccontextmanager
@@ -82,6 +87,8 @@ class Scripts:
         self.stats = client.register_script(STATS)
         self.claim_ids = client.register_script(CLAIM_IDS)
         self.prune_consumers = client.register_script(PRUNE_CONSUMERS)
+        self.take = client.register_script(TAKE)
+        self.lease = client.register_script(LEASE)
 
 
 class RedisState:
@@ -114,6 +121,7 @@ class RedisState:
         )
         self.scripts = Scripts(self.client)
         self.links = Links(self.client)
+        self._unlisted: dict[str, RefusedWrite] = {}  # groups whose listing Redis refused
 
     def keys(self, topic: str, group: str) -> Keys:
         """The keys of ``group`` on ``topic`` under this transport's prefix."""
@@ -163,18 +171,66 @@ class RedisState:
                 await self.back_off(backoff, "creating a group")
 
     async def register_group(self, topic: str, group: str) -> None:
-        """Create the group (when missing) and list it in the ``prefix:groups`` set."""
-        await self._create_group(self.keys(topic, group), group)
-        await self.client.sadd(self._registry_key, f"{topic}{_SEP}{group}")
+        """Create the group when missing and list it in the ``prefix:groups`` set, writing
+        nothing when both are done already (so that a worker starts on an existing group
+        while Redis refuses writes, ``OOM`` under ``maxmemory``).
 
-    async def _create_group(self, keys: Keys, group: str) -> None:
-        """XGROUP CREATE ... 0 MKSTREAM on the stream and the redeliver stream."""
+        Raises ``TransportError`` when Redis refuses to create a missing group. A listing
+        that Redis refuses is logged and tried again by ``list_unlisted``.
+        """
+        keys = self.keys(topic, group)
         for key in (keys.stream, keys.redeliver):
-            try:
-                await self.client.xgroup_create(key, group, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            if not await self._has_group(key, group):
+                await self._create_group(key, group)
+        await self._list(f"{topic}{_SEP}{group}")
+
+    async def _has_group(self, key: str, group: str) -> bool:
+        """Whether ``key`` has the consumer group (XINFO GROUPS: a read)."""
+        try:
+            groups = await self.client.xinfo_groups(key)
+        except ResponseError:  # no such key
+            return False
+        return any(g["name"] == group.encode() for g in groups)
+
+    async def _create_group(self, key: str, group: str) -> None:
+        """XGROUP CREATE ... 0 MKSTREAM (another worker may create it first)."""
+        try:
+            await self.client.xgroup_create(key, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise TransportError(
+                    f"Redis refused to create the consumer group {group!r} on {key}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+
+    async def _list(self, member: str) -> None:
+        """SADD ``member`` (topic and group) to ``prefix:groups`` unless it is there."""
+        if await self.client.sismember(self._registry_key, member):
+            return
+        try:
+            await self.client.sadd(self._registry_key, member)
+        except ResponseError as exc:
+            refusal = self._unlisted.get(member) or self._unlisting(member)
+            refusal.refused(exc, anyio.current_time())
+            return
+        listed = self._unlisted.pop(member, None)
+        if listed is not None:
+            listed.taken()
+
+    def _unlisting(self, member: str) -> RefusedWrite:
+        topic, group = member.split(_SEP, 1)
+        what = f"list group {group} of {topic} in {self._registry_key}"
+        meanwhile = (
+            "its workers run, but drain() and dead_letters() do not see the group until it "
+            "is listed; tried again with the lease renewals"
+        )
+        self._unlisted[member] = refusal = RefusedWrite(what, meanwhile, self.backoff())
+        return refusal
+
+    async def list_unlisted(self) -> None:
+        """Try again to list the groups whose listing Redis refused."""
+        for member in list(self._unlisted):
+            await self._list(member)
 
     async def groups(self, group: str | None = None) -> list[tuple[str, str]]:
         """(topic, group) of every registered group (of ``group`` only, when given)."""
@@ -185,17 +241,22 @@ class RedisState:
     # -- held entries --------------------------------------------------------------------
 
     async def renew(self, held: Mapping[str, list[str]], group: str) -> None:
-        """Keep the leases of held entries: XCLAIM them to this consumer, idle 0."""
-        for key, ids in held.items():
-            if ids:
-                await self.client.xclaim(key, group, self.consumer, 0, ids, justid=True)
+        """Keep the leases of held entries (idle 0) that this consumer still holds; one
+        taken over meanwhile is left to its new holder."""
+        await self._lease(held, group, 0)
 
     async def release(self, held: Mapping[str, list[str]], group: str) -> None:
-        """Make held entries claimable at once by the group's other consumers."""
-        idle = int(self.settings.claim_timeout * 1000) + 1
+        """Make held entries claimable at once by the group's other consumers (those
+        this consumer still holds)."""
+        await self._lease(held, group, int(self.settings.claim_timeout * 1000) + 1)
+
+    async def _lease(self, held: Mapping[str, list[str]], group: str, idle_ms: int) -> None:
+        """Set the idle time of the entries this consumer holds (the LEASE script)."""
         for key, ids in held.items():
-            if ids:
-                await self.client.xclaim(key, group, self.consumer, 0, ids, idle=idle, justid=True)
+            for start in range(0, len(ids), _LEASE_BATCH):
+                args: list[Any] = [group, self.consumer, idle_ms]
+                args += ids[start : start + _LEASE_BATCH]
+                await self.scripts.lease(keys=[key], args=args)
 
     async def forget_consumer(self, keys: Keys, group: str) -> None:
         """Delete this consumer from the group when it holds nothing (a clean close)."""

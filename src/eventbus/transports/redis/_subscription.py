@@ -19,6 +19,7 @@ from ._acks import AckQueue
 from ._commands import XreadgroupCommand
 from ._entries import Fields, RedisDelivery, entry_delivery, message_fields, read_entries
 from ._links import ensure_connected, round_trip
+from ._refusals import RefusedWrite
 from ._state import RedisState, logger
 from ._suspects import Slot, Suspects, transport_notes
 
@@ -48,6 +49,11 @@ class RedisSubscription:
         self._fetch_scope: anyio.CancelScope | None = None
         self._acks = AckQueue(keys, group)
         self._promote_at = 0.0
+        self._promotion = RefusedWrite(
+            f"move due retries of group {group} from {keys.retry} to {keys.redeliver}",
+            "new entries are still read and settled; tried again with backoff",
+            state.settle_backoff(),
+        )
         self._read_backoff = state.backoff()
         self._closed = False
         self._link: Any = None  # this consumer's own connection for reads
@@ -127,11 +133,21 @@ class RedisSubscription:
         await self._read(now)
 
     async def _promote(self, now: float) -> None:
-        """Move due retries to the redeliver stream; note when the next one is due."""
+        """Move due retries to the redeliver stream; note when the next one is due.
+
+        A promotion that Redis refuses (``OOM`` under ``maxmemory``: the script's first
+        write is refused, so it moved nothing) is logged and tried again with backoff
+        (``RefusedWrite``), while the reads go on.
+        """
         keys, block = self._keys, self._settings.block
-        next_due_ms = await self._state.scripts.promote(
-            keys=[keys.retry, keys.redeliver], args=[self._settings.prefetch]
-        )
+        try:
+            next_due_ms = await self._state.scripts.promote(
+                keys=[keys.retry, keys.redeliver], args=[self._settings.prefetch]
+            )
+        except ResponseError as exc:
+            self._promote_at = now + self._promotion.refused(exc, now)
+            return
+        self._promotion.taken()
         wait = next_due_ms / 1000 if next_due_ms >= 0 else block
         self._promote_at = now + min(wait, block)
 

@@ -35,10 +35,12 @@ class Suspects:
     and entries idle past the claim timeout (their consumer died; looked for every
     quarter of it). They are found without raising their delivery count; ``take``
     counts one more delivery just before the entry is handed out alone, so that a crash
-    counts against the entry that caused it only. Entries deleted from the stream while
-    pending are recorded as dead letters with the reason ``deleted``. Consumers that hold
-    nothing and were idle for the claim timeout (those of dead workers; a live one is
-    created again by its next read that gets entries) are deleted from the group.
+    counts against the entry that caused it only, and only while this consumer still
+    holds the entry (or it idled past the claim timeout): one holder at a time. Entries
+    deleted from the stream while pending are recorded as dead letters with the reason
+    ``deleted``. Consumers that hold nothing and were idle for the claim timeout (those
+    of dead workers; a live one is created again by its next read that gets entries) are
+    deleted from the group.
     """
 
     def __init__(self, state: RedisState, topic: str, group: str, held: Container[Slot]) -> None:
@@ -128,19 +130,37 @@ class Suspects:
                 self._queue.append(slot)
 
     async def take(self) -> tuple[str, str, Fields, int] | None:
-        """XCLAIM the next suspect, counting one more delivery: (stream key, entry id,
-        fields, deliveries). None when it was settled meanwhile or deleted."""
+        """Take the next suspect, counting one more delivery: (stream key, entry id,
+        fields, deliveries). None when it was settled meanwhile, deleted from the stream
+        (recorded), or taken over by another consumer.
+
+        One script checks and claims at once (``TAKE``): the entry is taken only while
+        this consumer holds it or it has been idle past the claim timeout, so that a
+        consumer restarted under its old name and another that took over its entries
+        never both run it, nor both raise its delivery count.
+        """
         key, entry_id = self._queue.popleft()
-        client = self._state.client
-        claimed = await client.xclaim(key, self._group, self._state.consumer, 0, [entry_id])
-        live = [fields for _, fields in claimed or [] if fields is not None]
-        if not live:  # settled meanwhile by another consumer, or deleted from the stream
-            if not await client.xrange(key, entry_id, entry_id):
-                await self._lost(key, [entry_id])
-            return None
-        rows = await client.xpending_range(key, self._group, min=entry_id, max=entry_id, count=1)
-        count = int(rows[0]["times_delivered"]) if rows else 1
-        return key, entry_id, live[0], count
+        state = self._state
+        idle_ms = int(state.settings.claim_timeout * 1000)
+        args: list[Any] = [self._group, state.consumer, idle_ms, entry_id]
+        reply = await state.scripts.take(keys=[key], args=args)
+        if int(reply[0]) == 1:
+            return key, entry_id, reply[1], int(reply[2])
+        await self._not_taken(key, entry_id, int(reply[0]))
+        return None
+
+    async def _not_taken(self, key: str, entry_id: str, status: int) -> None:
+        """Record an entry gone from the stream (-2); say that another consumer holds
+        one (-1); nothing for one settled meanwhile (0)."""
+        if status == -2:
+            await self._lost(key, [entry_id])
+        elif status == -1:
+            logger.info(
+                "entry %s of %s in group %s was taken over by another consumer; left to it",
+                entry_id,
+                key,
+                self._group,
+            )
 
     def hand_out(self, slot: Slot) -> None:
         """``slot`` is handed out: nothing else until it is settled."""
