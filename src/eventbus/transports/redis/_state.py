@@ -33,6 +33,7 @@ from ._scripts import (
     REPLAY,
     RETRY,
     STATS,
+    TRIM,
     Keys,
 )
 
@@ -68,6 +69,7 @@ class Settings:
     publish_retry_for: float
     socket_timeout: float | None
     idempotency_ttl: float = 86_400.0
+    retention: float | None = 3600.0
 
 
 class Scripts:
@@ -82,6 +84,7 @@ class Scripts:
         self.stats = client.register_script(STATS)
         self.claim_ids = client.register_script(CLAIM_IDS)
         self.prune_consumers = client.register_script(PRUNE_CONSUMERS)
+        self.trim = client.register_script(TRIM)
 
 
 class RedisState:
@@ -118,6 +121,10 @@ class RedisState:
     def keys(self, topic: str, group: str) -> Keys:
         """The keys of ``group`` on ``topic`` under this transport's prefix."""
         return Keys.of(self.settings.prefix, topic, group)
+
+    def stream(self, topic: str) -> str:
+        """The stream of ``topic`` under this transport's prefix."""
+        return Keys.of(self.settings.prefix, topic, "").stream
 
     # -- backing off -------------------------------------------------------------------
 
