@@ -42,7 +42,9 @@ missing its rows are skipped and said so. Run it with::
 It needs ``redis-server`` on PATH (or ``--redis-server PATH``). The children silence the
 transport's warning that this Redis persists nothing. ``--quick`` is a smoke
 run (4,000 events, one run per variant); docs/performance.md has the figures of a full
-run.
+run. ``--retention SECONDS|none`` and ``--claim-timeout SECONDS`` set those options of
+the eventbus rows' ``RedisTransport`` (trimming runs every quarter of the claim timeout),
+to compare runs with and without trimming.
 """
 
 from __future__ import annotations
@@ -151,10 +153,13 @@ class Meter:
 
 @dataclass(frozen=True)
 class Setup:
-    """What every run gets: the server's URL and the pre-built events."""
+    """What every run gets: the server's URL, the pre-built events, and the options of the
+    ``RedisTransport`` of the eventbus rows (with the flags that set them, for a fill)."""
 
     url: str
     work: Workload
+    options: dict[str, Any]
+    flags: tuple[str, ...] = ()
 
     @property
     def pool(self) -> list[OrderCreated]:
@@ -276,8 +281,9 @@ async def drain_raw(setup: Setup, meter: Meter) -> int:
 
 
 def redis_bus(setup: Setup, counter: Counter | None, idempotent: bool = False) -> EventBus:
-    """A bus on a ``RedisTransport`` with its defaults; one subscriber when counting."""
-    bus = EventBus(transport=RedisTransport(setup.url, prefix=PREFIX))
+    """A bus on a ``RedisTransport`` (its defaults, but for ``--retention`` and
+    ``--claim-timeout``); one subscriber when counting."""
+    bus = EventBus(transport=RedisTransport(setup.url, prefix=PREFIX, **setup.options))
     if counter is not None:
         bus.subscribe(group=GROUP, idempotent=idempotent)(make_handler(counter))
     return bus
@@ -480,7 +486,8 @@ def run_drain(job: Job, setup: Setup, events: int) -> list[Sample]:
         return checked(job, meter, await DRAINS[job.kind](setup, meter))
 
     anyio.run(warm_up, backend="asyncio")
-    fill = run_process(["--fill", job.kind, "--events", str(n)], setup.url, n, job.key)
+    options = ["--fill", job.kind, "--events", str(n), *setup.flags]
+    fill = run_process(options, setup.url, n, job.key)
     return [fill, anyio.run(drain, backend="asyncio")]
 
 
@@ -505,7 +512,7 @@ def checked(job: Job, meter: Meter, handled: int) -> Sample:
 def child(args: argparse.Namespace) -> None:
     """Measure one job (or one fill) in this process; print its samples as JSON."""
     logging.getLogger("eventbus.redis").setLevel(logging.ERROR)  # "persists nothing"
-    setup = Setup(args.redis_url, Workload.build())
+    setup = Setup(args.redis_url, Workload.build(), transport_options(args), transport_flags(args))
     if args.fill:
         print(json.dumps(run_fill(args.fill, setup, args.events)))
         return
@@ -640,13 +647,16 @@ class Figures:
     runs: int
 
 
-def measure(jobs: Sequence[Job], url: str, events: int, repeat: int) -> dict[str, Figures]:
+def measure(
+    jobs: Sequence[Job], url: str, events: int, repeat: int, flags: Sequence[str] = ()
+) -> dict[str, Figures]:
     """Run every job ``repeat`` times, round by round; return the medians per row."""
     samples: dict[str, list[Sample]] = {}
     for round_ in range(1, repeat + 1):
         print(f"round {round_}/{repeat}:", end="", flush=True)
         for job in jobs:
-            out = run_process(["--child", job.key, "--events", str(events)], url, events, job.key)
+            options = ["--child", job.key, "--events", str(events), *flags]
+            out = run_process(options, url, events, job.key)
             for row, sample in out.items():
                 samples.setdefault(row, []).append(sample)
             print(f" {job.key}", end="", flush=True)
@@ -749,7 +759,7 @@ def rss_target(figures: dict[str, Figures], events: int) -> Verdict:
     )
 
 
-def print_header(events: int, repeat: int, url: str) -> None:
+def print_header(events: int, repeat: int, url: str, options: dict[str, Any]) -> None:
     def version(dist: str) -> str:
         try:
             return importlib.metadata.version(dist)
@@ -764,6 +774,11 @@ def print_header(events: int, repeat: int, url: str) -> None:
         f"private redis-server {server_version(url)} on {url.split('//')[1].split('/')[0]}"
         ' (--save "" --appendonly no: no persistence); one child process per run'
     )
+    if options:
+        print(
+            "RedisTransport of the eventbus rows: "
+            + ", ".join(f"{k}={v}" for k, v in options.items())
+        )
     if hasattr(os, "getloadavg"):
         print(f"load average before the runs: {os.getloadavg()[0]:.2f}")
 
@@ -791,6 +806,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, help=f"runs per variant (default {DEFAULT_REPEAT})")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few events, one run")
     parser.add_argument("--redis-server", default="redis-server", help="the server binary")
+    parser.add_argument(
+        "--retention",
+        help="RedisTransport(retention=...) of the eventbus rows: seconds, or 'none' to "
+        "trim nothing (default: the transport's)",
+    )
+    parser.add_argument(
+        "--claim-timeout",
+        type=float,
+        help="RedisTransport(claim_timeout=...) of the eventbus rows; trimming runs every "
+        "quarter of it (default: the transport's)",
+    )
     parser.add_argument("--child", choices=sorted(BY_KEY), help=argparse.SUPPRESS)
     parser.add_argument("--fill", choices=sorted(FILLS), help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
@@ -801,7 +827,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeat = QUICK_REPEAT if args.quick else DEFAULT_REPEAT
     if args.events < 1 or args.repeat < 1:
         parser.error("--events and --repeat must be >= 1")
+    try:
+        transport_options(args)
+    except ValueError:
+        parser.error("--retention takes a number of seconds or 'none'")
     return args
+
+
+def transport_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RedisTransport`` options that the command line sets."""
+    options: dict[str, Any] = {}
+    if args.retention is not None:
+        options["retention"] = None if args.retention == "none" else float(args.retention)
+    if args.claim_timeout is not None:
+        options["claim_timeout"] = args.claim_timeout
+    return options
+
+
+def transport_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The flags that set those options, to pass on to a child process."""
+    flags: tuple[str, ...] = ()
+    if args.retention is not None:
+        flags += ("--retention", args.retention)
+    if args.claim_timeout is not None:
+        flags += ("--claim-timeout", repr(args.claim_timeout))
+    return flags
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -815,10 +865,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, exit_on_sigterm)  # so that the server is stopped
     jobs = [job for job in JOBS if job.needs is None or importlib.util.find_spec(job.needs)]
     with private_redis(server) as url:
-        print_header(args.events, args.repeat, url)
+        print_header(args.events, args.repeat, url, transport_options(args))
         if len(jobs) < len(JOBS):
             print("faststream is not installed (pip install --group bench): skipping its rows")
-        figures = measure(jobs, url, args.events, args.repeat)
+        figures = measure(jobs, url, args.events, args.repeat, transport_flags(args))
     print()
     print_table(figures)
     print_notes(figures)

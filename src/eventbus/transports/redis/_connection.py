@@ -21,6 +21,7 @@ from eventbus.transports._contract import GroupStats, Message, StoredDeadLetter
 from ._commands import XaddCommand
 from ._dead_letters import DeadLetterStreams
 from ._links import ensure_connected, round_trip
+from ._retention import Retention
 from ._state import RedisState, Settings, logger, wrapped
 from ._subscription import RedisSubscription
 
@@ -34,7 +35,8 @@ class RedisConnection:
 
     Offers, beside the required ``Connection``: ``BatchPublishing`` (``publish_many``),
     ``DeadLetterStore``, ``IdleWaiting`` (``wait_idle``), ``Inspection`` (``inspect``)
-    and ``Serving`` (``serve`` keeps the leases of held entries).
+    and ``Serving`` (``serve`` keeps the leases of held entries and trims the streams
+    read).
     """
 
     def __init__(self, settings: Settings, consumer: str) -> None:
@@ -176,8 +178,20 @@ class RedisConnection:
     # -- background work -----------------------------------------------------------
 
     async def serve(self) -> None:
-        """Keep the leases of held entries: XCLAIM them to ourselves every so often; and
-        list the groups whose listing in ``prefix:groups`` Redis refused."""
+        """Keep the leases of held entries (XCLAIM them to ourselves every third of the
+        claim timeout), list the groups whose listing in ``prefix:groups`` Redis refused,
+        and, unless ``retention`` is None, trim the streams read (see ``Retention``); a
+        bus without subscriptions trims nothing."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._renew_leases)
+            if self.state.settings.retention is not None:
+                retention = Retention(self.state, self.state.settings.retention)
+                tasks.start_soon(retention.run, self._topics)
+
+    def _topics(self) -> list[str]:
+        return [sub.topic for sub in self._subs]
+
+    async def _renew_leases(self) -> None:
         while not self._closed:
             await anyio.sleep(self.state.settings.claim_timeout / 3)
             for sub in list(self._subs):
@@ -262,9 +276,16 @@ class RedisConnection:
     # -- opening and closing -----------------------------------------------------------
 
     async def check_server(self) -> None:
-        """Warn when Redis may evict streams or keeps nothing on disk."""
+        """Warn when Redis may evict streams or keeps nothing on disk, and when ``maxlen``
+        may drop entries that a group has not read."""
         client = self.state.client
         await client.ping()  # raises when Redis is unreachable or refuses the login
+        if self.state.settings.maxlen is not None:
+            logger.warning(
+                "maxlen=%d caps each stream and may drop entries that a slow group has not "
+                "read; retention= trims only entries that every group acknowledged",
+                self.state.settings.maxlen,
+            )
         try:
             policy, aof, save = [
                 _first(await client.config_get(name))

@@ -27,6 +27,7 @@ __all__ = [
     "RETRY",
     "STATS",
     "TAKE",
+    "TRIM",
     "Keys",
 ]
 
@@ -311,4 +312,36 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   end
 end
 return removed
+"""
+
+# KEYS: stream. ARGV: retention ms, most entries to trim.
+# Trims (XTRIM MINID ~, which never goes past its threshold) the entries that every group
+# of the stream has acknowledged and that are older than the retention window (server
+# time minus retention ms); returns how many went. A group needs its pending entries (from
+# the oldest) and those it was not given yet (after its last-delivered id; the last one
+# given stays too, which spares an id's arithmetic). A stream without groups is left
+# whole: the groups of its readers may not exist yet.
+TRIM = """
+local function before(a, b)  -- whether stream id a < b (ids 'ms-seq', no leading zeros)
+  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+  if a_ms ~= b_ms then return #a_ms < #b_ms or (#a_ms == #b_ms and a_ms < b_ms) end
+  return #a_seq < #b_seq or (#a_seq == #b_seq and a_seq < b_seq)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return 0 end
+local t = redis.call('TIME')
+local edge_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
+local safe = string.format('%d-0', math.max(0, edge_ms))
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local needed = info['last-delivered-id']
+  if tonumber(info['pending']) > 0 then
+    needed = redis.call('XPENDING', KEYS[1], info['name'])[2]
+  end
+  if before(needed, safe) then safe = needed end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', safe, 'LIMIT', tonumber(ARGV[2]))
 """

@@ -37,6 +37,7 @@ from ._scripts import (
     RETRY,
     STATS,
     TAKE,
+    TRIM,
     Keys,
 )
 
@@ -73,6 +74,7 @@ class Settings:
     publish_retry_for: float
     socket_timeout: float | None
     idempotency_ttl: float = 86_400.0
+    retention: float | None = 3600.0
 
 
 class Scripts:
@@ -89,6 +91,7 @@ class Scripts:
         self.prune_consumers = client.register_script(PRUNE_CONSUMERS)
         self.take = client.register_script(TAKE)
         self.lease = client.register_script(LEASE)
+        self.trim = client.register_script(TRIM)
 
 
 class RedisState:
@@ -126,6 +129,10 @@ class RedisState:
     def keys(self, topic: str, group: str) -> Keys:
         """The keys of ``group`` on ``topic`` under this transport's prefix."""
         return Keys.of(self.settings.prefix, topic, group)
+
+    def stream(self, topic: str) -> str:
+        """The stream of ``topic`` under this transport's prefix."""
+        return Keys.of(self.settings.prefix, topic, "").stream
 
     # -- backing off -------------------------------------------------------------------
 

@@ -61,6 +61,11 @@ class RedisSubscription:
         self._read_command = XreadgroupCommand(keys, group, state.consumer, prefetch)
 
     @property
+    def topic(self) -> str:
+        """The event name read."""
+        return self._topic
+
+    @property
     def group(self) -> str:
         """The consumer group."""
         return self._group

@@ -50,8 +50,16 @@ class RedisTransport:
       batch before the next read, so a crash repeats at most this many.
     - ``delivery_limit``: deliveries without an ack (workers dying on the entry) after
       which it is dead-lettered as ``poison`` (default 5).
-    - ``maxlen``: approximate cap of each stream (default None: keep everything; a cap
-      drops entries that a slow group has not read yet).
+    - ``retention``: seconds of acknowledged history each stream keeps, for groups
+      created later (default 3600). Workers trim the streams they read, every quarter of
+      ``claim_timeout``, of the entries that every consumer group of the stream has
+      acknowledged and that are older than this; an entry pending in a group, or not yet
+      delivered to it, is never trimmed, and a stream without groups is left whole. A
+      stopped group keeps every entry it has not acknowledged until it is deleted. None:
+      never trim.
+    - ``maxlen``: approximate hard cap of each stream (default None). A cap drops entries
+      that a slow group has not read yet, and a warning says so at connect; ``retention``
+      is the safe bound.
     - ``publish_retry_for``: seconds publish keeps retrying to reach Redis when nothing
       was sent yet (default 5): a deadline, which the waits between attempts and the
       connecting of a new connection never run past; then ``TransportError``.
@@ -77,6 +85,7 @@ class RedisTransport:
         prefetch: int = 64,
         delivery_limit: int = 5,
         maxlen: int | None = None,
+        retention: float | None = 3600.0,
         publish_retry_for: float = 5.0,
         socket_timeout: float | None = None,
         idempotency_ttl: float = 86_400.0,
@@ -98,6 +107,7 @@ class RedisTransport:
             if socket_timeout is None
             else check_seconds(owner, "socket_timeout", socket_timeout, zero=False),
             idempotency_ttl=check_seconds(owner, "idempotency_ttl", idempotency_ttl, zero=False),
+            retention=None if retention is None else check_seconds(owner, "retention", retention),
         )
         if consumer_name is not None and not (
             isinstance(consumer_name, str) and _NAME.fullmatch(consumer_name)
