@@ -21,6 +21,7 @@ EXPECTED_ALL = {
         "Registry",
         "RetryPolicy",
         "InMemoryTransport",
+        "upcaster",
         # what handlers and operators see
         "Context",
         "DeadLetter",
@@ -52,6 +53,7 @@ EXPECTED_ALL = {
         "VersionMismatchError",
     },
     "eventbus.testing": {"Captured", "VirtualClock", "capture", "drain"},
+    "eventbus.outbox": {"Inbox", "Outbox"},
     "eventbus.transports": {
         "BatchPublishing",
         "Connection",
@@ -136,12 +138,13 @@ def test_every_exported_name_is_importable_and_documented(module_name: str, name
     assert doc.strip()
 
 
-def test_import_eventbus_does_not_import_redis() -> None:
-    """`import eventbus` leaves the optional redis client unimported."""
+def test_import_eventbus_does_not_import_redis_or_sqlalchemy() -> None:
+    """`import eventbus` leaves the optional redis client and SQLAlchemy unimported."""
     code = (
         "import sys, eventbus, eventbus.testing, eventbus.transports; "
         "assert 'redis' not in sys.modules, 'redis was imported'; "
-        "assert not [m for m in sys.modules if m.startswith('redis.')]"
+        "assert not [m for m in sys.modules if m.startswith('redis.')]; "
+        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy was imported'"
     )
 
     result = subprocess.run(

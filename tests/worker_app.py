@@ -60,6 +60,7 @@ def make_bus() -> EventBus:
     )
     bus = EventBus(
         transport=transport,
+        newer_versions=RetryPolicy.none(),  # a newer version goes to the dead letters at once
         shutdown_grace=_number("GRACE", "5"),
         max_payload_bytes=int(_number("MAX_PAYLOAD", str(1024 * 1024))),
     )

@@ -36,6 +36,7 @@ from ._observer import Observer, Outcome
 from ._registry import Registry
 from ._retry import RetryPolicy
 from ._subscriber import Subscriber
+from ._upcast import upcaster
 from .transports.memory import InMemoryTransport
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "Registry",
     "RetryPolicy",
     "InMemoryTransport",
+    "upcaster",
     # what handlers and operators see
     "Context",
     "DeadLetter",

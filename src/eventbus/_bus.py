@@ -42,6 +42,9 @@ __all__ = ["EventBus"]
 
 H = TypeVar("H", bound=Handler)
 
+NEWER_VERSIONS = RetryPolicy(max_attempts=10, initial_delay=0.5, max_delay=60.0)
+"""The default of ``EventBus(newer_versions=...)``."""
+
 
 class _State(enum.Enum):
     NEW = "not started"
@@ -82,6 +85,13 @@ class EventBus:
     - ``outbox``: an ``eventbus.outbox.Outbox``: ``publish(event, transaction=conn)``
       writes the event in the application's database transaction, and this bus runs a
       relay that publishes committed events (see ``docs/outbox.md``).
+    - ``newer_versions``: what a worker does with an event of a version newer than its
+      class (a rolling upgrade: an upgraded worker of the group may run beside it). On a
+      transport that outlives the process, the event goes back to its group after the
+      policy's delay, until ``max_attempts`` deliveries; then it is dead-lettered as
+      ``wrong-version``. Default ``RetryPolicy(max_attempts=10, initial_delay=0.5,
+      max_delay=60)`` (about four minutes); ``RetryPolicy.none()`` dead-letters at once,
+      as the in-memory transport always does (nothing else could take it there).
 
     A bus is a worker of every group it has subscribers for: two buses on one transport
     share the events of a group. A bus without subscribers only publishes. A bus runs
@@ -99,6 +109,7 @@ class EventBus:
         shutdown_grace: float = 10.0,
         clock: Clock | None = None,
         outbox: OutboxStore | None = None,
+        newer_versions: RetryPolicy = NEWER_VERSIONS,
     ) -> None:
         self._grace = check_seconds("EventBus", "shutdown_grace", shutdown_grace)
         self._transport: Transport = transport if transport is not None else InMemoryTransport()
@@ -119,6 +130,9 @@ class EventBus:
         self._publisher: Publisher | None = None
         self._workers = Workers(self._codec)
         self._outbox = outbox
+        if not isinstance(newer_versions, RetryPolicy):
+            raise ConfigurationError("EventBus(newer_versions=...) takes a RetryPolicy")
+        self._newer = newer_versions
 
     @property
     def transport(self) -> Transport:
@@ -201,7 +215,8 @@ class EventBus:
         self._observers.remove(observer)
 
     def _engine(self, sub: Subscriber) -> Delivering:
-        return Delivering(sub, self._middleware, self.publish, self._observers, self._sleep)
+        newer = self._newer if self._transport.features.survives_restart else None
+        return Delivering(sub, self._middleware, self.publish, self._observers, self._sleep, newer)
 
     # -- lifecycle -------------------------------------------------------------------
 

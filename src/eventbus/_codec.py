@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ._envelope import Envelope
 from ._errors import (
     ConfigurationError,
+    DecodeError,
     EncodeError,
     MalformedMessageError,
     PayloadTooLargeError,
@@ -28,6 +29,7 @@ from ._errors import (
     VersionMismatchError,
 )
 from ._event import Event
+from ._upcast import upcast
 from .transports._contract import Message
 
 __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Codec"]
@@ -108,17 +110,20 @@ class Codec:
     def decode(self, message: Message, attempt: int = 1) -> tuple[Event, Envelope]:
         """Turn a delivered message back into its event and envelope.
 
-        Raises ``UnknownEventError``, ``VersionMismatchError`` or
-        ``MalformedMessageError``, never another exception.
+        An older version goes through the event type's upcasters before validation; a
+        newer one raises ``VersionMismatchError`` with ``newer`` set. Raises
+        ``UnknownEventError``, ``VersionMismatchError`` or ``MalformedMessageError``,
+        never another exception.
         """
         envelope = self.decode_envelope(message.headers, attempt)
         event_type = self._types.get(envelope.name)
         if event_type is None:
             raise UnknownEventError(f"no registered event type is named {envelope.name!r}")
-        if envelope.version != event_type.event_version:
+        if envelope.version > event_type.event_version:
             raise VersionMismatchError(
                 f"{envelope.name} arrived as version {envelope.version}, "
-                f"this application knows version {event_type.event_version}"
+                f"this application knows version {event_type.event_version}",
+                newer=True,
             )
         body = message.body
         if not isinstance(body, bytes | bytearray | memoryview):
@@ -128,8 +133,15 @@ class Codec:
                 f"the body has {len(body)} bytes, more than the limit of {self.max_payload_bytes}"
             )
         try:
-            event: Event = event_type.__pydantic_validator__.validate_json(bytes(body))
+            if envelope.version == event_type.event_version:
+                event: Event = event_type.__pydantic_validator__.validate_json(bytes(body))
+            else:  # an older version: its upcasters first
+                payload = upcast(event_type, envelope.version, json.loads(bytes(body)))
+                event = event_type.__pydantic_validator__.validate_python(payload)
         except (ValidationError, ValueError, RecursionError) as exc:
+            if isinstance(exc, DecodeError):
+                raise
+
             raise MalformedMessageError(
                 f"the payload is not a valid {envelope.name}: {_summary(exc, event_type)}"
             ) from None

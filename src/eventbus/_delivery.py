@@ -18,10 +18,16 @@ import anyio
 from ._context import Context, _Publish
 from ._deadletter import failure_notes
 from ._envelope import Envelope
-from ._errors import DecodeError, HandlerTimeoutError, ImmediateHandlerError
+from ._errors import (
+    DecodeError,
+    HandlerTimeoutError,
+    ImmediateHandlerError,
+    VersionMismatchError,
+)
 from ._event import Event
 from ._middleware import Middleware, run_around
 from ._observer import Action, Observers, Outcome
+from ._retry import RetryPolicy
 from ._subscriber import Subscriber
 from .transports._contract import Delivery, FailureNotes, HandledRecord, Subscription
 
@@ -48,7 +54,16 @@ class Delivering:
     with; ``sleep`` waits between the attempts of an immediate subscriber.
     """
 
-    __slots__ = ("_handler", "_observers", "_on_handle", "_publish", "_sleep", "plain", "sub")
+    __slots__ = (
+        "_handler",
+        "_newer",
+        "_observers",
+        "_on_handle",
+        "_publish",
+        "_sleep",
+        "plain",
+        "sub",
+    )
 
     def __init__(
         self,
@@ -57,8 +72,10 @@ class Delivering:
         publish: _Publish,
         observers: Observers,
         sleep: Sleep,
+        newer: RetryPolicy | None = None,
     ) -> None:
         self.sub = subscriber
+        self._newer = newer
         self._handler = subscriber.handler
         self._on_handle = tuple(m.on_handle for m in middleware)
         self._publish = publish
@@ -198,8 +215,14 @@ class Delivering:
     async def undecodable(
         self, subscription: Subscription, delivery: Delivery, error: DecodeError
     ) -> None:
-        """Dead-letter a message that is not a valid event of this subscriber."""
+        """Dead-letter a message that is not a valid event of this subscriber; first
+        return one of a newer version to the group, for a worker that knows it."""
         group = self.sub.group
+        newer = isinstance(error, VersionMismatchError) and error.newer
+        policy = self._newer
+        if newer and policy is not None and policy.should_retry(error, delivery.attempt):
+            await self._return_newer(subscription, delivery, error, policy)
+            return
         logger.error(
             "undecodable message %s in group %s: %s",
             delivery.id,
@@ -211,6 +234,35 @@ class Delivering:
         await subscription.dead_letter(delivery, notes)
         outcome = Outcome(
             "dead-letter", group, None, None, None, delivery.attempt, error, reason=error.reason
+        )
+        self._observers.ended(outcome)
+
+    async def _return_newer(
+        self,
+        subscription: Subscription,
+        delivery: Delivery,
+        error: DecodeError,
+        policy: RetryPolicy,
+    ) -> None:
+        """Schedule a message of a newer version again in the group (a rolling upgrade:
+        an upgraded worker of the group may take it), after the policy's delay."""
+        attempt, group = delivery.attempt, self.sub.group
+        delay = policy.delay(attempt, error)
+        logger.warning(
+            "message %s in group %s is of a newer version (%s); returned to the group for "
+            "an upgraded worker (delivery %d of at most %d), again in %.1f s",
+            delivery.id,
+            group,
+            error,
+            attempt,
+            policy.max_attempts,
+            delay,
+            extra={"group": group, "message_id": delivery.id, "reason": "newer-version"},
+        )
+        notes = failure_notes(error, reason="newer-version", handler=None, first_failed_at=None)
+        await subscription.nack(delivery, delay, notes)
+        outcome = Outcome(
+            "retry", group, None, None, None, attempt, error, delay, reason="newer-version"
         )
         self._observers.ended(outcome)
 

@@ -157,9 +157,17 @@ class UnknownEventError(DecodeError):
 
 
 class VersionMismatchError(DecodeError):
-    """The message carries a version other than the registered event type's."""
+    """The message carries a version the registered event type cannot take: a newer
+    one (``newer`` is True), or an older one without upcasters up to the current."""
 
     reason = "wrong-version"
+
+    def __init__(self, message: str, *, newer: bool = False) -> None:
+        super().__init__(message)
+        self.newer = newer
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_version_mismatch, (str(self), self.newer)
 
 
 class MalformedMessageError(DecodeError):
@@ -214,6 +222,10 @@ def _rebuild_outcome_unknown(message: str, stored: int) -> PublishOutcomeUnknown
 
 def _rebuild_refused(message: str, stored_ids: tuple[str | None, ...]) -> PublishRefusedError:
     return PublishRefusedError(message, stored_ids=stored_ids)
+
+
+def _rebuild_version_mismatch(message: str, newer: bool) -> VersionMismatchError:
+    return VersionMismatchError(message, newer=newer)
 
 
 def _rebuild_encode_error(message: str, event_name: str, field: str | None) -> EncodeError:
