@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import enum
+import re
+import uuid
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
 import pytest
 
-from eventbus import EventBus, InMemoryTransport, RetryPolicy
+from eventbus import Event, EventBus, InMemoryTransport, RetryPolicy
 from eventbus.testing import VirtualClock, capture, drain
 from tests.events import OrderCreated, OrderPaid
 
@@ -99,3 +106,75 @@ def test_virtual_clock_only_moves_forward() -> None:
     assert clock.now() == 2.5
     with pytest.raises(ValueError, match="forward"):
         clock.advance(-1)
+
+
+class Loose(Event):
+    """An event with a loosely typed field."""
+
+    order_id: str
+    extra: dict[str, Any]
+
+
+class Color(enum.Enum):
+    """An enum for the wire table."""
+
+    RED = "red"
+
+
+async def test_capture_fails_the_block_when_an_event_changes_on_the_wire() -> None:
+    """A date inside dict[str, Any] would reach a worker as a str: capture says so."""
+    async with EventBus() as bus:
+        with pytest.raises(AssertionError, match=r"Loose\.extra changes on the wire") as error:  # noqa: PT012 - the failure comes at the end of the block
+            with capture(bus) as published:
+                await bus.publish(Loose(order_id="o-1", extra={"on": date(2026, 1, 2)}))
+            raise AssertionError("capture should have failed")
+    assert len(published) == 1
+    assert "2026" not in str(error.value)
+
+
+async def test_capture_without_wire_only_records() -> None:
+    """wire=False records the event and checks nothing."""
+    async with EventBus() as bus:
+        with capture(bus, wire=False) as published:
+            await bus.publish(Loose(order_id="o-1", extra={"on": date(2026, 1, 2)}))
+    assert (len(published), published.wire_problems) == (1, [])
+
+
+WIRE_TABLE = [  # docs/testing.md, "Wire fidelity": (declared type, value, problem or None)
+    (date, date(2026, 1, 2), None),
+    (Decimal, Decimal("1.10"), None),
+    (uuid.UUID, uuid.UUID(int=7), None),
+    (Color, Color.RED, None),
+    (tuple[int, ...], (1, 2), None),
+    (frozenset[str], frozenset({"a"}), None),
+    (dict[int, str], {1: "a"}, None),
+    (bytes, b"ab", None),
+    (Any, date(2026, 1, 2), "(date -> str)"),
+    (Any, Decimal("1.10"), "(Decimal -> str)"),
+    (Any, uuid.UUID(int=7), "(UUID -> str)"),
+    (Any, b"ab", "(bytes -> str)"),
+    (Any, (1, 2), "(tuple -> list)"),
+    (Any, {1}, "(set -> list)"),
+    (Any, Color.RED, "(Color -> str)"),
+    (Any, {1: "a"}, "(dict with other contents)"),
+    (Any, float("inf"), "(float -> NoneType)"),
+    (Any, object(), "cannot be encoded"),
+    (bytes, b"\xff", "cannot be encoded"),
+    (float, float("inf"), "does not validate after the wire"),
+]
+
+
+@pytest.mark.parametrize(("declared", "value", "problem"), WIRE_TABLE)
+async def test_the_wire_table_of_the_testing_page_holds(
+    declared: Any, value: Any, problem: str | None
+) -> None:
+    """Each row of the table: capture finds the stated problem, or none."""
+    event_type = type("Carrier", (Event,), {"__annotations__": {"x": declared}})
+    async with EventBus() as bus:
+        if problem is None:
+            with capture(bus) as published:
+                await bus.publish(event_type(x=value))
+            assert published.wire_problems == []
+        else:
+            with pytest.raises(AssertionError, match=re.escape(problem)), capture(bus):
+                await bus.publish(event_type(x=value))
