@@ -17,6 +17,7 @@ from eventbus import (
     PublishRefusedError,
 )
 from eventbus.testing import drain
+from tests.events import OrderCreated
 
 pytestmark = pytest.mark.anyio
 
@@ -101,3 +102,12 @@ async def test_an_id_that_is_not_valid_unicode_is_refused_on_every_transport(
             )
     assert (info.value.event_name, info.value.field) == ("Note", field)
     assert "\ud800" not in str(info.value)
+
+
+async def test_publishing_the_class_instead_of_an_instance_says_so() -> None:
+    """publish(OrderCreated) names the class and shows the call to make."""
+    async with EventBus() as bus:
+        with pytest.raises(
+            PublishError, match=r"not the class OrderCreated: publish\(OrderCreated"
+        ):
+            await bus.publish(OrderCreated)  # type: ignore[arg-type]

@@ -213,7 +213,6 @@ def test_missing_annotation_raises_configuration_error() -> None:
         pytest.param(OrderCreated | None, id="optional"),
         pytest.param(OrderCreated | NotAnEvent, id="union-with-non-event"),
         pytest.param(list[OrderCreated], id="list-of-events"),
-        pytest.param("NoSuchEvent", id="unresolvable-string"),
     ],
 )
 def test_non_event_annotation_raises_configuration_error(annotation: object) -> None:
@@ -702,3 +701,14 @@ async def test_include_after_the_bus_closed_raises_bus_state_error() -> None:
 
     with pytest.raises(BusStateError):
         bus.include(Registry())
+
+
+def test_an_unresolvable_annotation_names_the_missing_name() -> None:
+    """A string annotation naming nothing in the handler's module says which name."""
+    registry = Registry()
+
+    async def handle(event: "NotDefinedAnywhere") -> None:  # type: ignore[name-defined]  # noqa: F821 - the mistake under test
+        pass
+
+    with pytest.raises(ConfigurationError, match="names 'NotDefinedAnywhere', which is not"):
+        registry.subscribe(group="g")(handle)

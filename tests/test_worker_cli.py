@@ -118,3 +118,12 @@ def test_worker_rejects_what_is_not_a_bus(target: str, message: str) -> None:
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_help_is_plain_text() -> None:
+    """`eventbus --help` shows no reST markup."""
+    result = subprocess.run(
+        [sys.executable, "-m", "eventbus", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "``" not in result.stdout
+    assert "worker" in result.stdout

@@ -20,6 +20,7 @@ __all__ = ["load_bus", "main"]
 
 logger = logging.getLogger("eventbus.worker")
 WORKER_NAME_ENV = "EVENTBUS_WORKER_NAME"
+_DESCRIPTION = "Typed events between the parts of a service. Commands:"
 
 
 Target = EventBus | AbstractAsyncContextManager[object]
@@ -74,7 +75,7 @@ async def _serve(bus: EventBus, signals: AsyncIterator[int]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``eventbus`` and ``python -m eventbus``."""
-    parser = argparse.ArgumentParser(prog="eventbus", description=__doc__)
+    parser = argparse.ArgumentParser(prog="eventbus", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="run the subscribers of a bus until stopped")
     worker.add_argument(

@@ -107,6 +107,11 @@ class EnvelopeFactory:
         event_type = type(event)
         wire = self._wire.get(event_type)
         if wire is None:
+            if isinstance(event, type) and issubclass(event, Event):
+                raise PublishError(
+                    f"publish() takes an event instance, not the class {event.__name__}: "
+                    f"publish({event.__name__}(...))"
+                )
             if not isinstance(event, Event) or event_type is Event:
                 raise PublishError(
                     f"publish() takes an Event subclass instance, not {event_type!r}"

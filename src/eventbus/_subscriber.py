@@ -159,5 +159,12 @@ def _resolve(handler: Handler, param: inspect.Parameter) -> Any:
     namespace = dict(getattr(handler, "__globals__", {}))
     try:
         return eval(annotation, namespace)  # the handler's own source, as get_type_hints does
+    except NameError as exc:
+        name = getattr(handler, "__qualname__", repr(handler))
+        raise ConfigurationError(
+            f"handler {name}: the annotation {annotation!r} of its first parameter names "
+            f"{exc.name!r}, which is not defined in {getattr(handler, '__module__', '?')} "
+            "(a local class, or one imported only under TYPE_CHECKING?)"
+        ) from None
     except Exception:
         return annotation
