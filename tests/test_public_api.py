@@ -60,6 +60,7 @@ EXPECTED_ALL = {
         "DeadLetterStore",
         "Delivery",
         "FailureNotes",
+        "GroupManagement",
         "Features",
         "GroupStats",
         "HandledRecord",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -19,9 +19,10 @@ from ._errors import (
     ConfigurationError,
 )
 from ._event import Event
+from ._groups import check_consume, check_group_names, check_known, declare, split
 from ._middleware import Middleware
 from ._observer import DeadLetterErrors, Observer, Observers
-from ._options import check_seconds
+from ._options import check_seconds, check_start
 from ._outbox import OutboxStore
 from ._publisher import Publisher
 from ._registry import Registry
@@ -31,6 +32,7 @@ from ._workers import Workers
 from .transports._contract import (
     Connection,
     DeadLetterStore,
+    GroupManagement,
     GroupStats,
     IdleWaiting,
     Inspection,
@@ -92,6 +94,12 @@ class EventBus:
       ``wrong-version``. Default ``RetryPolicy(max_attempts=10, initial_delay=0.5,
       max_delay=60)`` (about four minutes); ``RetryPolicy.none()`` dead-letters at once,
       as the in-memory transport always does (nothing else could take it there).
+    - ``consume``: True (default) consumes for every background subscriber; False makes
+      a bus that publishes and runs immediate subscribers but leaves the background
+      work to worker processes (a web API); a collection of group names consumes for
+      those groups only. Groups not consumed are declared on the transport at start
+      (with ``GroupManagement``), so that what is published before their first worker
+      starts is kept for them.
 
     A bus is a worker of every group it has subscribers for: two buses on one transport
     share the events of a group. A bus without subscribers only publishes. A bus runs
@@ -110,6 +118,7 @@ class EventBus:
         clock: Clock | None = None,
         outbox: OutboxStore | None = None,
         newer_versions: RetryPolicy = NEWER_VERSIONS,
+        consume: bool | Collection[str] = True,
     ) -> None:
         self._grace = check_seconds("EventBus", "shutdown_grace", shutdown_grace)
         self._transport: Transport = transport if transport is not None else InMemoryTransport()
@@ -133,6 +142,7 @@ class EventBus:
         if not isinstance(newer_versions, RetryPolicy):
             raise ConfigurationError("EventBus(newer_versions=...) takes a RetryPolicy")
         self._newer = newer_versions
+        self._consume = check_consume(consume)
 
     @property
     def transport(self) -> Transport:
@@ -165,6 +175,7 @@ class EventBus:
         timeout: float | None = None,
         mode: str = "background",
         idempotent: bool = False,
+        start: str = "earliest",
     ) -> Callable[[H], H]:
         """Subscribe a handler on this bus; the same options as ``Registry.subscribe``."""
         registry = Registry()
@@ -175,6 +186,7 @@ class EventBus:
             timeout=timeout,
             mode=mode,
             idempotent=idempotent,
+            start=start,
         )
 
         def apply(handler: H) -> H:
@@ -206,6 +218,14 @@ class EventBus:
                 for event_type in sub.event_types:
                     self._immediate.setdefault(event_type, []).append(engine)
 
+    def consume_only(self, groups: Iterable[str]) -> None:
+        """Consume for these groups only (``eventbus worker --group``); the others are
+        declared. Call it before ``async with bus:``; a name that is not a group of a
+        background subscriber raises ``ConfigurationError`` at start."""
+        if self._state is not _State.NEW:
+            raise BusStateError(f"consume_only() before the bus starts; it is {self._state.value}")
+        self._consume = check_consume(frozenset(groups))
+
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer`` of what happens from now on (see ``Observer``)."""
         self._observers.add(observer)
@@ -225,14 +245,21 @@ class EventBus:
         ``TransportError`` when the transport cannot connect."""
         if self._state is not _State.NEW:
             raise BusStateError(f"a bus runs once; this one is {self._state.value}")
+        subscribers = list(self._registry)
+        check_group_names(self._transport, subscribers)
+        if isinstance(self._consume, frozenset):
+            check_known(self._consume, subscribers)
+        consumed, declared = split(subscribers, self._consume)
         conn = self._conn = await self._transport.connect()
         self._publisher = Publisher(
             conn, self._codec, self._observers, self._immediate, self._on_publish
         )
         self._state = _State.RUNNING
         try:
+            await declare(conn, declared, all_=True)
+            await declare(conn, consumed, all_=False)
             relay = await self._outbox.start(conn) if self._outbox else None
-            engines = [self._engine(s) for s in self._registry if s.mode == "background"]
+            engines = [self._engine(s) for s in consumed]
             await self._workers.start(conn, engines, relay)
         except BaseException as exc:
             await self._close(exc)
@@ -446,6 +473,30 @@ class EventBus:
             raise self._lacks("Inspection", "inspect()")
         return list(await conn.inspect())
 
+    async def delete_group(self, group: str, event_type: type[Event] | None = None) -> int:
+        """Delete ``group`` on the transport (for ``event_type`` only, when given), with
+        what it holds: pending and queued messages, retries, dead letters. Stop its
+        workers first. Returns how many event types' groups were deleted. Raises
+        ``ConfigurationError`` when the transport lacks ``GroupManagement``."""
+        conn = self._managing("delete_group()")
+        return await conn.delete_group(group, _topic(event_type))
+
+    async def reset_group(
+        self, group: str, to: str = "latest", event_type: type[Event] | None = None
+    ) -> int:
+        """Drop what ``group`` has not handled (pending and scheduled included) and move
+        it to ``to``: ``"latest"`` (handle only what is published from now on) or
+        ``"earliest"`` (handle again every message the transport keeps). Returns how
+        many event types' groups were reset."""
+        conn = self._managing("reset_group()")
+        return await conn.reset_group(group, check_start(to, "to"), _topic(event_type))
+
+    def _managing(self, doing: str) -> GroupManagement:
+        conn = self._open_connection()
+        if not isinstance(conn, GroupManagement):
+            raise self._lacks("GroupManagement", doing)
+        return conn
+
     def take_dead_letter_errors(self) -> list[BaseException]:
         """The errors that sent events to the dead letters since the last call (the last
         100 at most), oldest first. ``eventbus.testing.drain`` raises the first."""
@@ -470,3 +521,12 @@ class EventBus:
             f"{doing} needs a transport that offers {ability}; "
             f"{type(self._transport).__name__} does not"
         )
+
+
+def _topic(event_type: type[Event] | None) -> str | None:
+    """The wire name of ``event_type`` (None for every event type)."""
+    if event_type is None:
+        return None
+    if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+        raise ConfigurationError(f"event_type= takes an Event class, not {event_type!r}")
+    return event_type.event_name

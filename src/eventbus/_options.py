@@ -6,7 +6,10 @@ import math
 
 from ._errors import ConfigurationError
 
-__all__ = ["check_count", "check_seconds"]
+__all__ = ["START", "check_count", "check_seconds", "check_start"]
+
+START = ("earliest", "latest")
+"""Where a new group starts, or where a reset moves it."""
 
 
 def check_seconds(owner: str, name: str, value: object, *, zero: bool = True) -> float:
@@ -28,3 +31,10 @@ def check_count(owner: str, name: str, value: object, *, minimum: int = 1) -> in
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigurationError(f"{owner}({name}=...) must be an int >= {minimum}")
     return value
+
+
+def check_start(value: object, owner: str = "start") -> str:
+    """``"earliest"`` or ``"latest"``; ``ConfigurationError`` for anything else."""
+    if value not in START:
+        raise ConfigurationError(f"{owner} must be 'earliest' or 'latest', not {value!r}")
+    return str(value)

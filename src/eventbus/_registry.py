@@ -42,14 +42,17 @@ class Registry:
         timeout: float | None = None,
         mode: str = "background",
         idempotent: bool = False,
+        start: str = "earliest",
     ) -> Callable[[H], H]:
         """Decorate an ``async def handler(event: SomeEvent[, context])`` to subscribe it.
 
         The event types come from the first parameter's annotation (``A | B`` takes
         both). Options:
 
-        - ``group``: the delivery group (default: the handler's module-qualified name).
-          Every group gets every event; the workers of one group share them.
+        - ``group``: the delivery group. Every group gets every event; the workers of
+          one group share them. Default: the handler's module-qualified name, for
+          the in-memory transport only: a transport that outlives the process refuses
+          it at start (moving the code would start a new group that replays history).
         - ``retry``: a ``RetryPolicy`` (default ``RetryPolicy()``: 3 attempts).
         - ``concurrency``: handler calls at once for this subscriber (default 1, which
           keeps publish order), counted apart for its urgent and its background event
@@ -61,6 +64,9 @@ class Registry:
           event id that the group already handled successfully (a redelivery after a
           crash, or a second publish with the same id). The transport keeps the record
           (for ``idempotency_ttl``); it needs the ``HandledRecord`` ability.
+        - ``start``: where the group begins when it is new: ``"earliest"`` (default:
+          every message the transport keeps, history included) or ``"latest"`` (only
+          messages published from then on; needs the ``GroupManagement`` ability).
 
         Returns the handler unchanged, so it stays callable in unit tests. Raises
         ``ConfigurationError`` (a ``TypeError``) for a handler or option that does not fit.
@@ -75,6 +81,7 @@ class Registry:
                 timeout=timeout,
                 mode=mode,
                 idempotent=idempotent,
+                start=start,
             )
             self.add(sub)
             return handler

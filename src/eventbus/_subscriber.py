@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from ._errors import ConfigurationError
 from ._event import Event
+from ._options import check_start
 from ._retry import RetryPolicy
 
 __all__ = ["Handler", "Mode", "Subscriber", "make_subscriber"]
@@ -32,6 +33,10 @@ class Subscriber:
     - ``takes_context``: whether the handler has a second parameter for the ``Context``.
     - ``idempotent``: a delivery of an event id the group already handled is acked
       without calling the handler.
+    - ``start``: where a new group begins: ``"earliest"`` (every message the transport
+      keeps) or ``"latest"`` (messages published from its creation on).
+    - ``group_given``: whether ``group=`` was given (False: derived from the handler's
+      module and name, which a durable transport refuses).
     """
 
     handler: Handler
@@ -44,6 +49,8 @@ class Subscriber:
     takes_context: bool
     name: str
     idempotent: bool = False
+    start: str = "earliest"
+    group_given: bool = True
 
 
 def make_subscriber(
@@ -55,6 +62,7 @@ def make_subscriber(
     timeout: float | None,
     mode: str,
     idempotent: bool = False,
+    start: str = "earliest",
 ) -> Subscriber:
     """Check a handler and its options and build its ``Subscriber``.
 
@@ -64,6 +72,7 @@ def make_subscriber(
     if not inspect.iscoroutinefunction(handler):
         raise ConfigurationError(f"handler {name} must be an `async def` function")
     params = _positional_params(handler, name)
+    group_given = group is not None
     group = name if group is None else group
     if not isinstance(group, str) or not _GROUP.fullmatch(group):
         raise ConfigurationError(
@@ -86,6 +95,7 @@ def make_subscriber(
             f"idempotent=True of {name} needs mode='background': an immediate subscriber "
             "runs once per publish() call"
         )
+    start = check_start(start, f"start= of {name}")
     return Subscriber(
         handler=handler,
         event_types=_event_types(handler, params[0], name),
@@ -97,6 +107,8 @@ def make_subscriber(
         takes_context=len(params) == 2,
         name=name,
         idempotent=idempotent,
+        start=start,
+        group_given=group_given,
     )
 
 

@@ -2,9 +2,9 @@
 
 The required contract is ``Transport``, ``Connection`` and ``Subscription``; the optional
 abilities a connection may offer are ``BatchPublishing``, ``DeadLetterStore``,
-``IdleWaiting``, ``Inspection``, ``Serving`` and ``ReferencePublishing``, and a
-subscription ``HandledRecord``. The Redis transport lives in ``eventbus.transports.redis``
-and is imported only when asked for.
+``GroupManagement``, ``IdleWaiting``, ``Inspection``, ``Serving`` and
+``ReferencePublishing``, and a subscription ``HandledRecord``. The Redis transport lives
+in ``eventbus.transports.redis`` and is imported only when asked for.
 """
 
 from ._contract import (
@@ -14,6 +14,7 @@ from ._contract import (
     Delivery,
     FailureNotes,
     Features,
+    GroupManagement,
     GroupStats,
     HandledRecord,
     IdleWaiting,
@@ -34,6 +35,7 @@ __all__ = [
     "Delivery",
     "FailureNotes",
     "Features",
+    "GroupManagement",
     "GroupStats",
     "HandledRecord",
     "IdleWaiting",

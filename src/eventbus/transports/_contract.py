@@ -42,6 +42,7 @@ __all__ = [
     "Delivery",
     "FailureNotes",
     "Features",
+    "GroupManagement",
     "GroupStats",
     "HandledRecord",
     "IdleWaiting",
@@ -290,6 +291,29 @@ class Inspection(Protocol):
 
     async def inspect(self) -> Sequence[GroupStats]:
         """Every group of the transport, sorted by topic then group."""
+
+
+@runtime_checkable
+class GroupManagement(Protocol):
+    """Creates, deletes and resets groups apart from subscribing (for a publisher that
+    declares the groups its workers will serve, and for operators).
+
+    ``start`` and ``to`` are ``"earliest"`` (the first message the transport keeps) or
+    ``"latest"`` (only messages published from now on).
+    """
+
+    async def declare_group(self, topic: str, group: str, start: str = "earliest") -> None:
+        """Create ``group`` on ``topic`` when it does not exist (nothing when it does)."""
+
+    async def delete_group(self, group: str, topic: str | None = None) -> int:
+        """Delete ``group`` (on ``topic`` only, when given) with what it holds: queued and
+        pending messages, scheduled retries, dead letters. Return how many topic groups
+        were deleted."""
+
+    async def reset_group(self, group: str, to: str, topic: str | None = None) -> int:
+        """Move ``group`` (on ``topic`` only, when given) to ``to``: ``"latest"`` drops
+        what it has not handled (pending and scheduled included), ``"earliest"`` hands it
+        every message kept again. Return how many topic groups were reset."""
 
 
 @runtime_checkable

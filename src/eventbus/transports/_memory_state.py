@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from eventbus._clock import Clock
-from eventbus._errors import PublishTimeoutError
+from eventbus._errors import ConfigurationError, PublishTimeoutError
 
 from ._contract import Delivery, FailureNotes, GroupStats, Message, StoredDeadLetter
 
@@ -111,10 +111,53 @@ class MemoryState:
         state = groups.get(group)
         if state is None:
             state = groups[group] = Group(group, topic)
-            for mid, message, reference in self.history[topic]:
-                state.ready.append(Delivery(mid, topic, message, reference=reference))
-                self.outstanding += 1
+            self.fill(state)
         return state
+
+    def fill(self, group: Group) -> None:
+        """Queue the topic's history for the group."""
+        for mid, message, reference in self.history[group.topic]:
+            group.ready.append(Delivery(mid, group.topic, message, reference=reference))
+            self.outstanding += 1
+
+    def declare(self, topic: str, group: str, start: str) -> None:
+        """Make the group when new: with the topic's history (``"earliest"``) or without."""
+        if start == "earliest":
+            self.join(topic, group)
+        else:
+            self.topic_groups(topic).setdefault(group, Group(group, topic))
+
+    def matching(self, group: str, topic: str | None) -> list[Group]:
+        """The groups named ``group`` (on ``topic`` only, when given); refuses a group
+        that has consumers in this process."""
+        found = [
+            g
+            for t, groups in self.groups.items()
+            if topic is None or t == topic
+            for name, g in groups.items()
+            if name == group
+        ]
+        for g in found:
+            if g.members:
+                raise ConfigurationError(
+                    f"group {group!r} of {g.topic} has consumers in this process; "
+                    "close their buses first"
+                )
+        return found
+
+    def drop(self, group: Group) -> None:
+        """Forget what the group has queued or scheduled."""
+        self.outstanding -= len(group.ready) + len(group.retries)
+        group.ready.clear()
+        group.retries.clear()
+        if self.outstanding == 0:
+            self.wake_idle()
+
+    def delete(self, group: Group) -> None:
+        """Delete the group, its queue, retries and dead letters."""
+        self.drop(group)
+        del self.groups[group.topic][group.name]
+        self.dead = [d for d in self.dead if not (d.group == group.name and d.topic == group.topic)]
 
     def schedule(self, group: Group, delivery: Delivery, delay: float) -> None:
         """Keep a retry for ``delay`` seconds of the clock."""

@@ -9,7 +9,7 @@ import anyio
 
 from eventbus._clock import Clock, MonotonicClock
 from eventbus._errors import ConfigurationError, TransportClosedError
-from eventbus._options import check_seconds
+from eventbus._options import check_seconds, check_start
 
 from ._contract import (
     NO_BYTES,
@@ -120,6 +120,27 @@ class _MemoryConnection:
         sub = _MemorySubscription(self._s, self._s.join(topic, group))
         self._subs.append(sub)
         return sub
+
+    async def declare_group(self, topic: str, group: str, start: str = "earliest") -> None:
+        """Create ``group`` when new: with the history kept (``"earliest"``) or empty."""
+        self._s.declare(topic, group, check_start(start))
+
+    async def delete_group(self, group: str, topic: str | None = None) -> int:
+        """Delete the group (refused while it has consumers in this process)."""
+        found = self._s.matching(group, topic)
+        for g in found:
+            self._s.delete(g)
+        return len(found)
+
+    async def reset_group(self, group: str, to: str, topic: str | None = None) -> int:
+        """Drop what the group has not handled; at ``"earliest"`` queue the history again."""
+        check_start(to)
+        found = self._s.matching(group, topic)
+        for g in found:
+            self._s.drop(g)
+            if to == "earliest":
+                self._s.fill(g)
+        return len(found)
 
     async def wait_idle(self) -> None:
         """Return once no group of the transport has unfinished messages."""

@@ -20,6 +20,7 @@ from eventbus.transports._contract import GroupStats, Message, StoredDeadLetter
 
 from ._commands import XaddCommand
 from ._dead_letters import DeadLetterStreams
+from ._groups import GroupAdmin, Unread
 from ._links import ensure_connected, round_trip
 from ._retention import Retention
 from ._state import RedisState, Settings, logger, wrapped
@@ -46,6 +47,7 @@ class RedisConnection:
         self._dead = DeadLetterStreams(self.state)
         self._subs: list[RedisSubscription] = []
         self._closed = False
+        self._unread = Unread(self.state)
 
     # -- publishing ----------------------------------------------------------------
 
@@ -65,6 +67,8 @@ class RedisConnection:
         except UnicodeEncodeError:
             raise _unencodable(topic, message) from None
         (reply,) = await self._send_with_timeout([command], timeout)
+        if self._unread.unchecked(topic):
+            await self._unread.check(topic)
         return reply
 
     async def publish_many(
@@ -84,7 +88,12 @@ class RedisConnection:
             commands = [self._xadd.pack(topic, message) for topic, message in items]
         except UnicodeEncodeError:
             raise next(_unencodable(t, m) for t, m in items if not _encodable(m)) from None
-        return await self._send_with_timeout(commands, timeout) if commands else []
+        if not commands:
+            return []
+        ids = await self._send_with_timeout(commands, timeout)
+        for topic in {topic for topic, _ in items if self._unread.unchecked(topic)}:
+            await self._unread.check(topic)
+        return ids
 
     async def _send_with_timeout(self, commands: list[bytes], timeout: float | None) -> list[str]:
         """Send, then raise ``PublishRefusedError`` when Redis refused any command."""
@@ -203,6 +212,21 @@ class RedisConnection:
                 await self.state.list_unlisted()
             except (RedisError, OSError) as exc:
                 logger.warning("could not list the groups: %s", exc)
+
+    # -- groups (GroupManagement) ---------------------------------------------------
+
+    async def declare_group(self, topic: str, group: str, start: str = "earliest") -> None:
+        """Create ``group`` on ``topic`` when missing, at the stream's first entry
+        (``"earliest"``, logging how many it will handle) or after its last."""
+        await GroupAdmin(self.state).declare(topic, group, start)
+
+    async def delete_group(self, group: str, topic: str | None = None) -> int:
+        """Destroy the group with its redeliver stream, retries and dead letters."""
+        return await GroupAdmin(self.state).delete(group, topic)
+
+    async def reset_group(self, group: str, to: str, topic: str | None = None) -> int:
+        """Drop what the group has not handled, then move it to ``to``."""
+        return await GroupAdmin(self.state).reset(group, to, topic)
 
     # -- waiting and dead letters ----------------------------------------------------
 

@@ -41,7 +41,7 @@ from ._scripts import (
     Keys,
 )
 
-__all__ = ["RedisState", "Scripts", "Settings", "logger", "wrapped"]
+__all__ = ["RedisState", "Scripts", "Settings", "logger", "unlist_member", "wrapped"]
 
 logger = logging.getLogger("eventbus.redis")
 
@@ -49,6 +49,11 @@ logger = logging.getLogger("eventbus.redis")
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
 _LEASE_BATCH = 500  # entry ids per LEASE script call (Lua's unpack has a limit)
+
+
+def unlist_member(state: RedisState, topic: str, group: str) -> tuple[str, str]:
+    """The registry key and the member that lists ``group`` of ``topic`` (for SREM)."""
+    return state.registry_key, f"{topic}{_SEP}{group}"
 
 
 @asynccontextmanager
@@ -163,32 +168,49 @@ class RedisState:
     # -- groups --------------------------------------------------------------------------
 
     @property
+    def registry_key(self) -> str:
+        """``prefix:groups``: the set that lists every group (topic and name)."""
+        return self._registry_key
+
+    @property
     def _registry_key(self) -> str:
         return f"{self.settings.prefix}:groups"
 
-    async def join(self, topic: str, group: str) -> None:
+    async def join(self, topic: str, group: str, start: str = "earliest") -> None:
         """Register the group, riding out a few connection failures (with backoff)."""
         backoff = self.backoff()
         while True:
             try:
-                return await self.register_group(topic, group)
+                return await self.register_group(topic, group, start)
             except self.connection_errors:
                 if backoff.failures >= _GROUP_ATTEMPTS:
                     raise
                 await self.back_off(backoff, "creating a group")
 
-    async def register_group(self, topic: str, group: str) -> None:
+    async def register_group(self, topic: str, group: str, start: str = "earliest") -> None:
         """Create the group when missing and list it in the ``prefix:groups`` set, writing
         nothing when both are done already (so that a worker starts on an existing group
-        while Redis refuses writes, ``OOM`` under ``maxmemory``).
+        while Redis refuses writes, ``OOM`` under ``maxmemory``). A new group starts at
+        the stream's first entry (``start="earliest"``, logging how many it will handle)
+        or after its last (``"latest"``).
 
         Raises ``TransportError`` when Redis refuses to create a missing group. A listing
         that Redis refuses is logged and tried again by ``list_unlisted``.
         """
         keys = self.keys(topic, group)
-        for key in (keys.stream, keys.redeliver):
-            if not await self._has_group(key, group):
-                await self._create_group(key, group)
+        if not await self._has_group(keys.stream, group):
+            await self._create_group(keys.stream, group, "$" if start == "latest" else "0")
+            waiting = await self.client.xlen(keys.stream) if start != "latest" else 0
+            if waiting:
+                logger.info(
+                    "new group %s of %s starts at the stream's first entry: it will handle "
+                    "the %d entries the stream holds (subscribe(start='latest') skips them)",
+                    group,
+                    topic,
+                    waiting,
+                )
+        if not await self._has_group(keys.redeliver, group):
+            await self._create_group(keys.redeliver, group, "0")
         await self._list(f"{topic}{_SEP}{group}")
 
     async def _has_group(self, key: str, group: str) -> bool:
@@ -199,10 +221,10 @@ class RedisState:
             return False
         return any(g["name"] == group.encode() for g in groups)
 
-    async def _create_group(self, key: str, group: str) -> None:
-        """XGROUP CREATE ... 0 MKSTREAM (another worker may create it first)."""
+    async def _create_group(self, key: str, group: str, at: str) -> None:
+        """XGROUP CREATE ... <at> MKSTREAM (another worker may create it first)."""
         try:
-            await self.client.xgroup_create(key, group, id="0", mkstream=True)
+            await self.client.xgroup_create(key, group, id=at, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise TransportError(
