@@ -12,6 +12,7 @@ from eventbus.transports import (
     Connection,
     DeadLetterStore,
     FailureNotes,
+    GroupManagement,
     HandledRecord,
     IdleWaiting,
     Inspection,
@@ -174,6 +175,59 @@ class AbilityScenarios:
         ]
         counts = [(s.waiting + s.in_flight, s.scheduled, s.dead_letters) for s in stats]
         assert counts == [(4, 0, 0), (1, 1, 1), (0, 0, 0)]
+
+    # -- GroupManagement -----------------------------------------------------------------
+
+    async def test_a_declared_group_keeps_what_comes_before_its_first_consumer(
+        self, conn: Connection
+    ) -> None:
+        """declare_group (at latest) then publish: the first consumer gets it all; a
+        second declaration changes nothing."""
+        skip_without(conn, GroupManagement)
+        assert isinstance(conn, GroupManagement)
+        await conn.declare_group("orders", "late", "latest")
+        await publish_range(conn, "orders", [1, 2])
+        await conn.declare_group("orders", "late", "latest")
+        sub = await conn.subscribe("orders", "late")
+        assert await receive_and_ack(sub, 2) == [1, 2]
+        assert await nothing_within(sub, 0.2)
+
+    async def test_a_group_declared_at_latest_skips_what_came_before(
+        self, conn: Connection
+    ) -> None:
+        """A group new at "latest" gets only what is published after its creation."""
+        skip_without(conn, GroupManagement)
+        assert isinstance(conn, GroupManagement)
+        await conn.subscribe("orders", "first")
+        await publish_range(conn, "orders", [1, 2])
+        await conn.declare_group("orders", "new", "latest")
+        await publish_range(conn, "orders", [3])
+        sub = await conn.subscribe("orders", "new")
+        assert await receive_and_ack(sub, 1) == [3]
+        assert await nothing_within(sub, 0.2)
+
+    async def test_reset_and_delete_a_group(self, conn: Connection) -> None:
+        """reset to latest drops what is left, to earliest hands everything kept again;
+        delete forgets the group."""
+        skip_without(conn, GroupManagement)
+        assert isinstance(conn, GroupManagement)
+        sub = await conn.subscribe("orders", "g")
+        await publish_range(conn, "orders", [1, 2, 3])
+        assert await receive_and_ack(sub, 1) == [1]
+        await sub.aclose()
+        assert await conn.reset_group("g", "latest") == 1
+        sub = await conn.subscribe("orders", "g")
+        assert await nothing_within(sub, 0.2)
+        await publish_range(conn, "orders", [4])
+        assert await receive_and_ack(sub, 1) == [4]
+        await sub.aclose()
+        assert await conn.reset_group("g", "earliest", topic="orders") == 1
+        sub = await conn.subscribe("orders", "g")
+        assert await receive_and_ack(sub, 4) == [1, 2, 3, 4]
+        await sub.aclose()
+        assert await conn.delete_group("g") == 1
+        assert await conn.delete_group("g") == 0
+        assert await conn.reset_group("nobody", "latest") == 0
 
     # -- Serving -------------------------------------------------------------------------
 
