@@ -17,6 +17,7 @@ from eventbus.testing import drain
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated
 from tests.redis_server import RedisServer
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,3 +128,131 @@ def test_help_is_plain_text() -> None:
     )
     assert "``" not in result.stdout
     assert "worker" in result.stdout
+
+
+class Process:
+    """A worker process whose output goes to files (read while it runs)."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], *args: str) -> None:
+        self.out, self.err = tmp_path / "worker.out", tmp_path / "worker.err"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "eventbus", "worker", *args],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+
+    def ready(self) -> bool:
+        """Whether the worker printed its ready line."""
+        return "eventbus worker ready" in self.out.read_text()
+
+    def log(self) -> str:
+        """What the worker logged so far."""
+        return self.err.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=20)
+
+
+def env_for(server: RedisServer, tmp_path: Path) -> dict[str, str]:
+    """The worker app's environment on a fresh prefix, with a ledger in ``tmp_path``."""
+    return {
+        "EVENTBUS_TEST_REDIS_URL": server.url,
+        "EVENTBUS_TEST_PREFIX": f"cli{secrets.token_hex(3)}",
+        "EVENTBUS_TEST_LEDGER": str(tmp_path / "ledger"),
+    }
+
+
+def test_a_worker_serves_only_the_groups_it_is_given(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """--group email: the email group is served, the stock group waits (declared) for
+    another worker; the start log names the transport, the prefix, groups and events."""
+    env = env_for(redis_server, tmp_path)
+    worker = Process(tmp_path, env, "tests.worker_app:two_groups", "--group", "email")
+    transport = RedisTransport(redis_server.url, prefix=env["EVENTBUS_TEST_PREFIX"])
+
+    async def produce() -> dict[str, int]:
+        await wait_for(lambda: worker.ready() or worker.process.poll() is not None, 20, "ready")
+        assert worker.ready(), worker.log()
+        async with EventBus(transport=transport) as bus:
+            await bus.publish_many([OrderCreated(order_id=f"o-{i}") for i in range(3)])
+            ledger = tmp_path / "ledger"
+            await wait_for(
+                lambda: ledger.exists() and ledger.read_text().count("email") == 3, 20, "email"
+            )
+            return {s.group: s.waiting for s in await bus.inspect()}
+
+    try:
+        waiting = anyio.run(produce)
+    finally:
+        code = worker.stop()
+    assert waiting == {"email": 0, "stock": 3}
+    assert "stock" not in (tmp_path / "ledger").read_text()
+    log = worker.log()
+    assert f"RedisTransport('redis://127.0.0.1:{redis_server.port}/0', prefix='cli" in log
+    assert "serving group email: OrderCreated" in log
+    assert "serving group stock" not in log
+    assert code == 0, log
+
+
+def test_a_worker_refuses_an_in_memory_bus() -> None:
+    """Another process cannot reach an in-memory bus: one clear line, exit 1."""
+    result = subprocess.run(
+        [sys.executable, "-m", "eventbus", "worker", "tests.worker_app:in_memory"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "InMemoryTransport, which other processes cannot reach" in result.stderr
+
+
+def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
+    """Redis comes up after the worker: the worker waits (saying so), then serves."""
+    server = RedisServer(tmp_path)
+    env = env_for(server, tmp_path)
+    worker = Process(tmp_path, env, "tests.worker_app:make_bus", "--connect-timeout", "60")
+
+    async def scenario() -> None:
+        await wait_for(lambda: "trying again in" in worker.log(), 20, "the worker to wait")
+        server.start()
+        await wait_for(lambda: worker.ready(), 20, "the worker to start")
+
+    try:
+        anyio.run(scenario)
+        code = worker.stop()
+    finally:
+        worker.stop()
+        server.stop()
+    assert code == 0, worker.log()
+    assert "Traceback" not in worker.log()
+
+
+def test_a_worker_that_cannot_reach_redis_in_time_says_so_in_one_line(tmp_path: Path) -> None:
+    """--connect-timeout 1 to a port where nothing listens: exit 1, one line, no traceback,
+    no password."""
+    server = RedisServer(tmp_path, password="s3cret-pw")
+    argv = ["worker", "tests.worker_app:make_bus", "--connect-timeout", "1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "eventbus", *argv],
+        cwd=ROOT,
+        env={**os.environ, **env_for(server, tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1
+    assert last.startswith("eventbus worker: TransportError: cannot use Redis at redis://127.0.0.1")
+    assert "Traceback" not in result.stderr
+    assert "s3cret-pw" not in result.stderr

@@ -100,3 +100,35 @@ async def lifespan() -> AsyncIterator[EventBus]:
 async def not_a_bus() -> AsyncIterator[str]:
     """A context that yields something else: the worker refuses it."""
     yield "bus"
+
+
+def two_groups() -> EventBus:
+    """A bus with the groups ``email`` and ``stock``; each writes ``GROUP ORDER PID``."""
+    bus = EventBus(
+        transport=RedisTransport(
+            os.environ["EVENTBUS_TEST_REDIS_URL"],
+            prefix=os.environ.get("EVENTBUS_TEST_PREFIX", "eventbus"),
+            block=0.2,
+        )
+    )
+
+    @bus.subscribe(group="email")
+    async def email(event: OrderCreated) -> None:
+        _ledger(f"email {event.order_id} {os.getpid()}")
+
+    @bus.subscribe(group="stock")
+    async def stock(event: OrderCreated) -> None:
+        _ledger(f"stock {event.order_id} {os.getpid()}")
+
+    return bus
+
+
+def in_memory() -> EventBus:
+    """A bus on the in-memory transport, which a worker process refuses."""
+    bus = EventBus()
+
+    @bus.subscribe(group="email")
+    async def email(event: OrderCreated) -> None:
+        pass
+
+    return bus

@@ -14,7 +14,9 @@ from contextlib import AbstractAsyncContextManager
 
 import anyio
 
+from ._backoff import Backoff
 from ._bus import EventBus
+from ._errors import EventBusError, TransportError
 
 __all__ = ["load_bus", "main"]
 
@@ -49,28 +51,77 @@ def load_bus(target: str) -> Target:
     )
 
 
-async def run_worker(target: Target) -> None:
-    """Run the bus until SIGTERM or SIGINT, then shut it down gracefully (and then leave
-    the context that yielded it)."""
+async def run_worker(
+    target: Target, groups: Sequence[str] = (), connect_timeout: float = 60.0
+) -> None:
+    """Run the bus (for ``groups`` only, when given) until SIGTERM or SIGINT, then shut
+    it down gracefully (and then leave the context that yielded it). Waits up to
+    ``connect_timeout`` seconds for the transport to be reachable at start."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         if isinstance(target, EventBus):
-            await _serve(target, signals)
+            await _serve(target, signals, groups, connect_timeout)
             return
         async with target as bus:
             if not isinstance(bus, EventBus):
                 raise SystemExit(f"eventbus: the context yielded {type(bus).__name__}, not a bus")
-            await _serve(bus, signals)
+            await _serve(bus, signals, groups, connect_timeout)
 
 
-async def _serve(bus: EventBus, signals: AsyncIterator[int]) -> None:
-    async with bus:
-        groups = sorted({s.group for s in bus.subscribers if s.mode == "background"})
-        logger.info("worker started for groups %s", ", ".join(groups) or "(none)")
-        print(f"eventbus worker ready: {len(groups)} group(s)", flush=True)
+async def _serve(
+    bus: EventBus, signals: AsyncIterator[int], groups: Sequence[str], connect_timeout: float
+) -> None:
+    transport = bus.transport
+    if not transport.features.survives_restart:
+        raise SystemExit(
+            f"eventbus: the bus uses {type(transport).__name__}, which other processes "
+            "cannot reach; a worker needs a transport such as RedisTransport"
+        )
+    if groups:
+        bus.consume_only(groups)
+    if not await _start(bus, connect_timeout, signals):
+        return
+    try:
+        _log_start(bus, groups)
         async for signum in signals:
             logger.info("received %s, shutting down", signal.Signals(signum).name)
             break
+    finally:
+        await bus.__aexit__(None, None, None)
     logger.info("worker stopped")
+
+
+def _log_start(bus: EventBus, groups: Sequence[str]) -> None:
+    """Log the transport, then each group served with its event types; print the ready
+    line that scripts wait for."""
+    served = [s for s in bus.subscribers if s.mode == "background"]
+    served = [s for s in served if not groups or s.group in groups]
+    names = sorted({s.group for s in served})
+    logger.info("worker started on %r", bus.transport)
+    for group in names:
+        types = {t.event_name for s in served if s.group == group for t in s.event_types}
+        logger.info("serving group %s: %s", group, ", ".join(sorted(types)))
+    print(f"eventbus worker ready: {len(names)} group(s)", flush=True)
+
+
+async def _start(bus: EventBus, connect_timeout: float, signals: AsyncIterator[int]) -> bool:
+    """Start the bus, waiting with capped backoff while the transport cannot connect;
+    False when a signal came meanwhile (nothing was started)."""
+    backoff = Backoff(0.25, 5.0)
+    deadline = anyio.current_time() + connect_timeout
+    while True:
+        try:
+            await bus.__aenter__()
+            return True
+        except TransportError as exc:
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                raise
+            delay = min(backoff.failed(), left)
+            logger.warning("%s; trying again in %.1f s (%.0f s left)", exc, delay, left)
+            with anyio.move_on_after(delay):
+                async for signum in signals:
+                    logger.info("received %s before the start", signal.Signals(signum).name)
+                    return False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -82,6 +133,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "target", help="package.module:bus (an EventBus, a factory, or a lifespan factory)"
     )
     worker.add_argument("--name", help="stable worker name (the Redis consumer name)")
+    worker.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="G",
+        help="serve only this group (repeat for several; default: every group of the bus)",
+    )
+    worker.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the transport at start (default 60)",
+    )
     worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -90,4 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.name:
         os.environ[WORKER_NAME_ENV] = args.name
     sys.path.insert(0, os.getcwd())
-    anyio.run(run_worker, load_bus(args.target))
+    try:
+        anyio.run(run_worker, load_bus(args.target), args.group, args.connect_timeout)
+    except EventBusError as exc:
+        raise SystemExit(f"eventbus worker: {type(exc).__name__}: {exc}") from None

@@ -147,7 +147,8 @@ class RedisTransport:
         return name if number == 1 else f"{name}-{number}"
 
     def __repr__(self) -> str:
-        return f"RedisTransport(prefix={self._settings.prefix!r}, url=<hidden>)"
+        location = _safe_location(self._settings.url)
+        return f"RedisTransport({location!r}, prefix={self._settings.prefix!r})"
 
 
 def _check_url(url: object) -> None:
