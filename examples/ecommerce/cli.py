@@ -112,7 +112,7 @@ def _worker(parser: argparse.ArgumentParser, args: argparse.Namespace, settings:
         parser.error("a worker needs Redis: --redis-url URL or ECOMMERCE_REDIS_URL")
     timeline = [] if args.quiet else [Timeline(sys.stdout, colour=_colour())]
     try:
-        shop = Shop(settings, groups=args.group, immediate=False, middleware=timeline)
+        shop = Shop(settings, groups=args.group, middleware=timeline)
     except ValueError as exc:
         parser.error(str(exc))
     for line in timeline:

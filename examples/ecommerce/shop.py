@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 from types import TracebackType
 
-from eventbus import Event, EventBus, Middleware, Registry, Subscriber
+from eventbus import Event, EventBus, Middleware, Registry
 from examples.ecommerce.modules import admin, analytics, auth, email, orders, products, shipping
 from examples.ecommerce.payments import FakePaymentGateway, PaymentGateway
 from examples.ecommerce.settings import Settings
@@ -36,9 +36,10 @@ SCHEMAS = (
 class Shop:
     """The modules of the shop on one database and one bus; ``async with shop:`` runs it.
 
-    - ``groups``: the background groups this process runs (None: all of them; ``()``:
-      none, for an API whose workers run elsewhere). Unknown names raise ``ValueError``.
-    - ``immediate``: whether to run the immediate subscribers (the publishing process).
+    - ``groups``: the background groups this process consumes (None: all of them;
+      ``()``: none, for an API whose workers run elsewhere: ``EventBus(consume=...)``
+      declares the others on the transport). Unknown names raise ``ValueError``.
+      Immediate subscribers run wherever their events are published.
     - ``mail`` / ``gateway``: the outside services (default: the stand-ins).
     - ``middleware``: passed to the bus (the timeline of the demo, for instance).
     - ``registries``: extra subscribers to include.
@@ -52,7 +53,6 @@ class Shop:
         settings: Settings,
         *,
         groups: Collection[str] | None = None,
-        immediate: bool = True,
         mail: email.MailSender | None = None,
         gateway: PaymentGateway | None = None,
         middleware: Sequence[Middleware] = (),
@@ -70,13 +70,17 @@ class Shop:
         self.admin = admin.AdminStore(self.db)
         self.mail = mail or email.FakeMailServer(fail_every=settings.mail_fail_every)
         self.gateway = gateway or FakePaymentGateway(latency=settings.gateway_latency)
+        every = [*self._registries(), *registries]
+        _check_groups(every, groups)
+        self._groups = background_groups(every) if groups is None else sorted(groups)
         self.bus = EventBus(
             transport=settings.transport(),
             middleware=middleware,
             shutdown_grace=settings.shutdown_grace,
+            consume=True if groups is None else frozenset(groups),
         )
-        every = [*self._registries(), *registries]
-        self.bus.include(_select(every, groups, immediate, settings.delivery == "inline"))
+        for registry in every:
+            self.bus.include(_inline(registry) if settings.delivery == "inline" else registry)
 
     def _registries(self) -> list[Registry]:
         threshold = self.settings.low_stock_threshold
@@ -92,8 +96,8 @@ class Shop:
 
     @property
     def groups(self) -> list[str]:
-        """The background groups this process runs."""
-        return sorted({s.group for s in self.bus.subscribers if s.mode == "background"})
+        """The background groups this process consumes."""
+        return list(self._groups)
 
     def publisher(self, source: str) -> Publish:
         """How module ``source`` publishes: on the bus, with a ``source`` header."""
@@ -135,26 +139,17 @@ def background_groups(registries: Iterable[Registry]) -> list[str]:
     return sorted({s.group for r in registries for s in r if s.mode == "background"})
 
 
-def _select(
-    registries: list[Registry], groups: Collection[str] | None, immediate: bool, inline: bool
-) -> Registry:
-    """The subscribers this process runs (all of them immediate when ``inline``)."""
-    if groups is not None:
-        unknown = set(groups) - set(background_groups(registries))
-        if unknown:
-            known = ", ".join(background_groups(registries))
-            raise ValueError(f"unknown group(s) {', '.join(sorted(unknown))}; groups: {known}")
-    chosen = Registry()
-    for registry in registries:
-        for sub in registry:
-            if inline:
-                chosen.add(replace(sub, mode="immediate"))
-            elif _runs_here(sub, groups, immediate):
-                chosen.add(sub)
-    return chosen
+def _check_groups(registries: list[Registry], groups: Collection[str] | None) -> None:
+    """Refuse group names that no background subscriber has (``ValueError``)."""
+    unknown = set(groups or ()) - set(background_groups(registries))
+    if unknown:
+        known = ", ".join(background_groups(registries))
+        raise ValueError(f"unknown group(s) {', '.join(sorted(unknown))}; groups: {known}")
 
 
-def _runs_here(sub: Subscriber, groups: Collection[str] | None, immediate: bool) -> bool:
-    if sub.mode == "immediate":
-        return immediate
-    return groups is None or sub.group in groups
+def _inline(registry: Registry) -> Registry:
+    """The same subscribers, every one immediate: the blocking design, for comparison."""
+    inline = Registry()
+    for sub in registry:
+        inline.add(replace(sub, mode="immediate"))
+    return inline
