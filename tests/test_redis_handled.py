@@ -1,4 +1,4 @@
-"""Handled records on Redis: written with the batched acks, never an ack without its record."""
+"""Handled records on Redis: written with the batched acks, read a batch at a time."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from redis.exceptions import NoPermissionError
 
 from eventbus import Context, EventBus, RetryPolicy
 from eventbus.testing import drain
-from eventbus.transports import Delivery, HandledRecord, IdleWaiting, Subscription
+from eventbus.transports import (
+    Delivery,
+    FailureNotes,
+    HandledRecord,
+    IdleWaiting,
+    Subscription,
+)
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated
 from tests.redis_server import RedisServer
@@ -98,6 +104,59 @@ async def test_a_record_sent_with_the_batched_ack_is_seen_by_another_consumer(
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_a_batch_is_looked_up_at_once_and_answered_per_delivery(
+    redis_server: RedisServer, redis_admin: Any, prefix: str
+) -> None:
+    """Five entries read in one batch, two of them handled before: one MGET answers for
+    all five, each delivery with its own answer."""
+    for handled_before in ("e-2", "e-4"):
+        await redis_admin.set(record_key(prefix, handled_before), b"1", px=60_000)
+    for i in range(1, 6):
+        await redis_admin.xadd(f"{prefix}:{{{TOPIC}}}", fields(f"e-{i}"))
+    conn = await RedisTransport(redis_server.url, prefix=prefix, block=0.1).connect()
+    try:
+        sub = await conn.subscribe(TOPIC, GROUP)
+        record = record_of(sub)
+        before = await lookups(redis_admin)
+        answers = []
+        for _ in range(5):
+            event_id = (await receive(sub)).message.headers["id"]
+            answers.append((event_id, await record.handled(event_id)))
+        assert answers == [
+            ("e-1", False),
+            ("e-2", True),
+            ("e-3", False),
+            ("e-4", True),
+            ("e-5", False),
+        ]
+        assert await lookups(redis_admin) - before == 1
+    finally:
+        await conn.aclose()
+
+
+async def test_an_answer_kept_for_a_delivery_is_dropped_when_it_is_settled(
+    redis_server: RedisServer, redis_admin: Any, prefix: str
+) -> None:
+    """A delivery looked up with its batch, then nacked unasked: its retry is looked up
+    again and sees the record written meanwhile."""
+    for i in (1, 2):
+        await redis_admin.xadd(f"{prefix}:{{{TOPIC}}}", fields(f"e-{i}"))
+    conn = await RedisTransport(redis_server.url, prefix=prefix, block=0.1).connect()
+    try:
+        sub = await conn.subscribe(TOPIC, GROUP)
+        record = record_of(sub)
+        await receive(sub)
+        assert not await record.handled("e-1")  # looks up e-2 as well
+        second = await receive(sub)
+        await sub.nack(second, 0.0, FailureNotes("retrying"))
+        await redis_admin.set(record_key(prefix, "e-2"), b"1", px=60_000)
+        retry = await receive(sub)
+        assert (retry.message.headers["id"], retry.attempt) == ("e-2", 2)
+        assert await record.handled("e-2")
+    finally:
+        await conn.aclose()
 
 
 async def test_a_retried_delivery_is_recorded_and_its_redelivered_copy_acked(
@@ -193,3 +252,37 @@ async def test_a_refused_record_keeps_its_ack_back_until_redis_takes_both(
     finally:
         await redis_admin.execute_command("ACL", "DELUSER", user)
     assert sent == ["o-1"]
+
+
+async def test_a_refused_lookup_is_tried_again_and_the_entry_kept_meanwhile(
+    redis_server: RedisServer, redis_admin: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL without MGET refuses the lookup: the entry stays pending, unhandled, and
+    is handled once MGET is granted."""
+    user = f"nolookup-{secrets.token_hex(3)}"
+    await redis_admin.execute_command(
+        "ACL", "SETUSER", user, "reset", "on", ">pw", "~*", "&*", "+@all", "-mget"
+    )
+    url = redis_server.url.replace("redis://", f"redis://{user}:pw@")
+    bus = EventBus(transport=RedisTransport(url, prefix=prefix, block=0.1))
+    sent: list[str] = []
+
+    @bus.subscribe(group=GROUP, idempotent=True)
+    async def send(event: OrderCreated) -> None:
+        sent.append(event.order_id)
+
+    def lookup_refusals() -> int:
+        return sum("refused to read the handled records" in r.getMessage() for r in caplog.records)
+
+    try:
+        async with bus:
+            await redis_admin.xadd(f"{prefix}:{{{TOPIC}}}", fields("e-1"))
+            await wait_for(lambda: lookup_refusals() >= 2, 10, "refused lookups")
+            assert sent == []
+            assert await pending(redis_admin, prefix) == 1
+            await redis_admin.execute_command("ACL", "SETUSER", user, "+mget")
+            await drain(bus, timeout=10)
+    finally:
+        await redis_admin.execute_command("ACL", "DELUSER", user)
+    assert sent == ["o-1"]
+    assert await redis_admin.exists(record_key(prefix, "e-1"))

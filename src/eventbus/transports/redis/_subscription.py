@@ -48,7 +48,7 @@ class RedisSubscription:
         self._fetching = anyio.Lock(fast_acquire=True)  # no extra loop turn when free
         self._fetch_scope: anyio.CancelScope | None = None
         self._acks = AckQueue(keys, group, state.settings.idempotency_ttl)
-        self._records = HandledRecords(state, keys, lambda: self._closed)
+        self._records = HandledRecords(state, keys, self._held, lambda: self._closed)
         self._promote_at = 0.0
         self._read_backoff = state.backoff()
         self._closed = False
@@ -260,6 +260,7 @@ class RedisSubscription:
         """The delivery is settled here: no longer held, and the next suspect may go."""
         self._held.pop(delivery.slot, None)
         self._suspects.settled(delivery.slot)
+        self._records.forget(delivery)
 
     async def ack(self, delivery: Delivery) -> None:
         """Queue the entry's XACK; acks go out in a batch with this consumer's next read
@@ -270,8 +271,8 @@ class RedisSubscription:
         self._release(d)
 
     async def handled(self, key: str) -> bool:
-        """Whether the group recorded ``key`` as handled (``HandledRecord``); see
-        ``HandledRecords``."""
+        """Whether the group recorded ``key`` as handled (``HandledRecord``): one look
+        (``MGET``) answers for every delivery of a batch (see ``HandledRecords``)."""
         return await self._records.handled(key)
 
     async def ack_handled(self, delivery: Delivery, key: str) -> None:
