@@ -50,8 +50,8 @@ class AckQueue:
         self._queued[stream].append(entry_id)
 
     def record(self, key: str) -> None:
-        """Queue the handled record of ``key`` (an event id), to be written ahead of the
-        acks of its batch; queue the ack of its entry after it."""
+        """Queue the handled record of ``key`` (an event id); it is written ahead of every
+        ack of its batch, so the entry's ack is queued after it."""
         self._queued[self._keys.handled].append(key)
 
     def ids(self) -> Batch:

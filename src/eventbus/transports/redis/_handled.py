@@ -23,7 +23,7 @@ from ._state import RedisState, logger
 
 __all__ = ["HandledRecords", "record_and_ack"]
 
-_RECENT = 4096  # keys this consumer recorded that it answers for without asking Redis
+_RECENT = 1024  # at least this many keys recorded here are answered without asking Redis
 _EVAL_HEAD = resp_arg(b"EVAL") + resp_arg(RECORD_AND_ACK.encode())
 
 
@@ -46,8 +46,10 @@ def record_and_ack(
 class HandledRecords:
     """Answers ``handled(key)`` (``HandledRecord``) for one consumer of a group.
 
-    - A key this consumer recorded (one of the last few thousand, within the TTL) is
-      answered at once: its record is in Redis, or queued ahead of any ack that follows.
+    - A key this consumer recorded (one of the last 1,024, or 4 x ``prefetch`` when more,
+      within the TTL) is answered at once: its record is in Redis, or queued ahead of any
+      ack that follows. That is more than its ack queue holds between two reads, so a
+      record not yet sent is never forgotten here.
     - Otherwise one ``MGET`` reads the record of ``key`` and those of the event ids of
       every delivery the consumer holds (its prefetched batch); the other answers are
       kept for their turn, until their delivery is settled (``forget``). An answer is as
@@ -72,6 +74,7 @@ class HandledRecords:
         self._ttl = state.settings.idempotency_ttl
         self._answers: dict[str, bool] = {}
         self._recent: dict[str, float] = {}  # key: when this consumer's memory of it ends
+        self._remembers = max(_RECENT, 4 * state.settings.prefetch)
         self._looking = anyio.Lock(fast_acquire=True)
 
     def recorded(self, key: str) -> None:
@@ -79,7 +82,7 @@ class HandledRecords:
         recent = self._recent
         recent.pop(key, None)
         recent[key] = anyio.current_time() + self._ttl
-        if len(recent) > _RECENT:
+        if len(recent) > self._remembers:
             del recent[next(iter(recent))]
 
     def forget(self, delivery: RedisDelivery) -> None:
