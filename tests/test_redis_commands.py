@@ -27,6 +27,7 @@ from eventbus.transports.redis._scripts import (
     DL_ORIGIN,
     META_ATTEMPT,
     META_ORIGIN,
+    RECORD_AND_ACK,
     REPLAY,
     Keys,
 )
@@ -139,6 +140,28 @@ def test_ack_queue_takes_puts_back_and_keeps_refused_batches() -> None:
     assert isinstance(error, ResponseError)
     assert acks.refused
     assert acks.take() == {keys.stream: ["1-1", "1-2"], keys.redeliver: ["2-1"]}
+
+
+def test_records_travel_in_one_script_ahead_of_the_acks_and_stay_when_refused() -> None:
+    """A batch with handled records is one EVAL (the records, then the acks); refused,
+    records and acks are kept together. ``ids()`` lists entries only."""
+    keys = Keys.of("pre", "OrderCreated", "email")
+    acks = AckQueue(keys, "email", record_ttl=30)
+    acks.record("e-1")
+    acks.add(keys.stream, "1-1")
+    acks.add(keys.redeliver, "2-1")
+    assert acks.ids() == {keys.stream: ["1-1"], keys.redeliver: ["2-1"]}
+    batch = acks.take()
+    assert acks.commands(batch) == [
+        packed_by_redis_py(
+            "EVAL", RECORD_AND_ACK, 3, keys.stream, keys.redeliver, keys.handled + "e-1",
+            "email", 30_000, 1, "1-1", "2-1",
+        )
+    ]  # fmt: skip
+    assert acks.check(batch, [1]) is None
+    assert isinstance(acks.check(batch, [ResponseError("NOPERM no set")]), ResponseError)
+    assert acks.refused
+    assert acks.take() == batch
 
 
 def test_notes_stored_before_the_typed_notes_are_still_read() -> None:

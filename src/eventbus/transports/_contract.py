@@ -349,9 +349,11 @@ class HandledRecord(Protocol):
     successfully, for a while (``subscribe(..., idempotent=True)``).
 
     The bus asks ``handled(key)`` before calling the handler, and settles a success with
-    ``ack_handled`` instead of ``ack``: the record and the ack go together, so a
-    duplicate stays possible only when a worker dies between the handler's return and
-    that write.
+    ``ack_handled`` instead of ``ack``: the record and the ack go together (the record
+    first, or both at once, never the ack alone), so a duplicate stays possible only
+    when a worker dies between the handler's return and that write. The key is the
+    event id, the message's ``id`` header: a transport may look up the records of a
+    batch of deliveries at once, and write records with batched acks.
     """
 
     async def handled(self, key: str) -> bool:

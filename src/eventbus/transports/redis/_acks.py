@@ -9,45 +9,58 @@ import anyio
 from redis.exceptions import ResponseError
 
 from ._commands import ack_commands
+from ._handled import record_and_ack
 from ._links import Links, ensure_connected, round_trip
 from ._scripts import Keys
 
 __all__ = ["AckQueue"]
 
 Batch = dict[str, list[str]]
-"""Entry ids by stream key."""
+"""Entry ids by stream key; and, under the group's handled prefix (``Keys.handled``),
+the event ids whose handled records go ahead of the acks."""
 
 
 class AckQueue:
-    """Entry ids handled and waiting for their XACK (and XDEL, for redelivered copies).
+    """Entry ids handled and waiting for their XACK (and XDEL, for redelivered copies),
+    and the handled records of an idempotent subscriber that must land before them.
 
     A batch is *taken* before it travels and *put back* when it may not have arrived, so
-    acks queued meanwhile wait for the next batch and none is lost; XACK and XDEL repeat
-    harmlessly. Acks that Redis refused (an ACL, a read-only replica) are kept and mark
-    the queue ``refused`` until a flush gets through.
+    acks queued meanwhile wait for the next batch and none is lost; XACK, XDEL and the
+    records' SET repeat harmlessly. A batch with records travels as one script that
+    writes the records, then acks, or nothing when refused: never an ack without its
+    record. Acks that Redis refused (an ACL, a read-only replica) are kept, records
+    included, and mark the queue ``refused`` until a flush gets through.
+    ``record_ttl`` is the records' TTL in seconds.
     """
 
-    def __init__(self, keys: Keys, group: str) -> None:
+    def __init__(self, keys: Keys, group: str, record_ttl: float = 86_400.0) -> None:
         self._keys = keys
         self._group = group
+        self._record_ttl_ms = max(1, int(record_ttl * 1000))
         self._queued: Batch = self._empty()
         self.sending: Batch = {}
         """The batch on its way with the read that waits now."""
         self.refused = False
 
     def _empty(self) -> Batch:
-        return {self._keys.stream: [], self._keys.redeliver: []}
+        return {self._keys.stream: [], self._keys.redeliver: [], self._keys.handled: []}
 
     def add(self, stream: str, entry_id: str) -> None:
         """Queue the ack of an entry of ``stream`` (the stream or the redeliver stream)."""
         self._queued[stream].append(entry_id)
 
+    def record(self, key: str) -> None:
+        """Queue the handled record of ``key`` (an event id); it is written ahead of every
+        ack of its batch, so the entry's ack is queued after it."""
+        self._queued[self._keys.handled].append(key)
+
     def ids(self) -> Batch:
-        """Every id not yet acknowledged for sure: queued or on its way."""
-        out = self._empty()
+        """Every entry id not yet acknowledged for sure: queued or on its way."""
+        out: Batch = {self._keys.stream: [], self._keys.redeliver: []}
         for batch in (self._queued, self.sending):
             for key, ids in batch.items():
-                out[key].extend(ids)
+                if key in out:
+                    out[key].extend(ids)
         return out
 
     def take(self) -> Batch:
@@ -63,8 +76,12 @@ class AckQueue:
             self._queued[key][:0] = ids
 
     def commands(self, batch: Mapping[str, list[str]]) -> list[bytes]:
-        """The batch as packed commands, to send ahead of another."""
-        return ack_commands(self._group, batch, self._keys.redeliver)
+        """The batch as packed commands, to send ahead of another: one script when it
+        holds records (``record_and_ack``), else XACK and XDEL."""
+        keys = self._keys
+        if batch.get(keys.handled):
+            return [record_and_ack(keys, self._group, batch, self._record_ttl_ms)]
+        return ack_commands(self._group, batch, keys.redeliver)
 
     def check(self, batch: Batch, replies: list[Any]) -> ResponseError | None:
         """The first error among the replies to ``commands(batch)``; the batch is then

@@ -23,6 +23,7 @@ __all__ = [
     "PAYLOAD",
     "PROMOTE",
     "PRUNE_CONSUMERS",
+    "RECORD_AND_ACK",
     "REPLAY",
     "RETRY",
     "STATS",
@@ -116,6 +117,33 @@ redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), member)
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
 return 1
+"""
+)
+
+# KEYS: stream, redeliver stream, then the handled records to write. ARGV: group, record
+# TTL ms, how many ids of the stream follow, those ids, then the redeliver stream's ids.
+# Writes the records first, then acks (and deletes the redelivered copies), so that no
+# entry is acked without its record; writes nothing when the ACL refuses any of it.
+RECORD_AND_ACK = (
+    _COPY_FIELDS
+    + """
+local group, ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local writes = {}
+for i = 3, #KEYS do writes[#writes + 1] = {'SET', KEYS[i], '1', 'PX', ttl} end
+if n > 0 then writes[#writes + 1] = {'XACK', KEYS[1], group, ARGV[4]} end
+if #ARGV > 3 + n then
+  writes[#writes + 1] = {'XACK', KEYS[2], group, ARGV[4 + n]}
+  writes[#writes + 1] = {'XDEL', KEYS[2], ARGV[4 + n]}
+end
+local refused = refused_write(writes)
+if refused then return redis.error_reply(refused) end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], '1', 'PX', ttl) end
+if n > 0 then redis.call('XACK', KEYS[1], group, unpack(ARGV, 4, 3 + n)) end
+if #ARGV > 3 + n then
+  redis.call('XACK', KEYS[2], group, unpack(ARGV, 4 + n))
+  redis.call('XDEL', KEYS[2], unpack(ARGV, 4 + n))
+end
+return #KEYS - 2
 """
 )
 

@@ -18,6 +18,7 @@ from eventbus.transports._contract import Delivery, FailureNotes
 from ._acks import AckQueue
 from ._commands import XreadgroupCommand
 from ._entries import Fields, RedisDelivery, entry_delivery, message_fields, read_entries
+from ._handled import HandledRecords
 from ._links import ensure_connected, round_trip
 from ._refusals import RefusedWrite
 from ._state import RedisState, logger
@@ -47,7 +48,8 @@ class RedisSubscription:
         self._suspects = Suspects(state, topic, group, self._held)
         self._fetching = anyio.Lock(fast_acquire=True)  # no extra loop turn when free
         self._fetch_scope: anyio.CancelScope | None = None
-        self._acks = AckQueue(keys, group)
+        self._acks = AckQueue(keys, group, state.settings.idempotency_ttl)
+        self._records = HandledRecords(state, keys, self._held, lambda: self._closed)
         self._promote_at = 0.0
         self._promotion = RefusedWrite(
             f"move due retries of group {group} from {keys.retry} to {keys.redeliver}",
@@ -243,8 +245,7 @@ class RedisSubscription:
         return self._keys.stream, "0"
 
     async def _settle(self, d: RedisDelivery, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a retry or dead-letter script (or a handled record's write) until Redis
-        confirms it; return its reply.
+        """Run a retry or dead-letter script until Redis confirms it; return its reply.
 
         The scripts are idempotent, so repeating one whose reply was lost is harmless,
         and they write nothing when Redis refuses them (WRONGTYPE, OOM, NOPERM). While
@@ -285,6 +286,7 @@ class RedisSubscription:
         """The delivery is settled here: no longer held, and the next suspect may go."""
         self._held.pop(delivery.slot, None)
         self._suspects.settled(delivery.slot)
+        self._records.forget(delivery)
 
     async def ack(self, delivery: Delivery) -> None:
         """Queue the entry's XACK; acks go out in a batch with this consumer's next read
@@ -295,25 +297,18 @@ class RedisSubscription:
         self._release(d)
 
     async def handled(self, key: str) -> bool:
-        """Whether the group recorded ``key`` as handled (``HandledRecord``): one EXISTS,
-        tried again with backoff while Redis cannot be reached."""
-        backoff = self._state.settle_backoff()
-        while True:
-            try:
-                return bool(await self._state.client.exists(self._keys.handled + key))
-            except self._state.connection_errors:
-                if self._closed:
-                    raise
-                await self._state.back_off(backoff, "reading a handled record")
+        """Whether the group recorded ``key`` as handled (``HandledRecord``): one look
+        (``MGET``) answers for every delivery of a batch (see ``HandledRecords``)."""
+        return await self._records.handled(key)
 
     async def ack_handled(self, delivery: Delivery, key: str) -> None:
-        """Record ``key`` as handled by the group (``SET`` with ``idempotency_ttl``), then
-        ack as ``ack`` does. The record is written first: a crash in between leaves an
-        event redelivered and skipped, never a second run."""
+        """Queue the record of ``key`` (``SET`` with ``idempotency_ttl``) and, after it,
+        the ack: both go out with the batched acks, in one script that writes the record
+        first or, refused, nothing (``AckQueue``). A crash before that batch leaves the
+        event to be redelivered and handled again, as ``ack`` does."""
         d = self._own(delivery)
-        ttl_ms = max(1, int(self._state.settings.idempotency_ttl * 1000))
-        client = self._state.client
-        await self._settle(d, lambda: client.set(self._keys.handled + key, b"1", px=ttl_ms))
+        self._acks.record(key)
+        self._records.recorded(key)
         await self.ack(d)
 
     async def nack(self, delivery: Delivery, delay: float, notes: FailureNotes) -> None:
