@@ -286,3 +286,26 @@ async def test_a_refused_lookup_is_tried_again_and_the_entry_kept_meanwhile(
         await redis_admin.execute_command("ACL", "DELUSER", user)
     assert sent == ["o-1"]
     assert await redis_admin.exists(record_key(prefix, "e-1"))
+
+
+async def test_a_record_reaches_redis_before_the_handler_takes_its_next_event(
+    redis_server: RedisServer, redis_admin: Any, prefix: str
+) -> None:
+    """Two events read in one batch: when the second one's handler runs, the first one's
+    record is in Redis already (a worker killed then repeats one event, not a batch)."""
+    transport = RedisTransport(redis_server.url, prefix=prefix, block=0.1, prefetch=16)
+    bus = EventBus(transport=transport)
+    seen_before: list[bool] = []
+    ids: list[str] = []
+
+    @bus.subscribe(group=GROUP, idempotent=True)
+    async def send(event: OrderCreated, context: Context) -> None:
+        if ids:
+            seen_before.append(bool(await redis_admin.exists(record_key(prefix, ids[-1]))))
+        ids.append(context.envelope.id)
+
+    async with EventBus(transport=transport) as publisher:
+        await publisher.publish_many([OrderCreated(order_id=f"o-{i}") for i in range(5)])
+    async with bus:
+        await drain(bus, timeout=10)
+    assert seen_before == [True, True, True, True]

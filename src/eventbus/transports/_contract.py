@@ -353,7 +353,7 @@ class HandledRecord(Protocol):
     first, or both at once, never the ack alone), so a duplicate stays possible only
     when a worker dies between the handler's return and that write. The key is the
     event id, the message's ``id`` header: a transport may look up the records of a
-    batch of deliveries at once, and write records with batched acks.
+    batch of deliveries at once, and write a record in the same round trip as its ack.
     """
 
     async def handled(self, key: str) -> bool:

@@ -302,14 +302,21 @@ class RedisSubscription:
         return await self._records.handled(key)
 
     async def ack_handled(self, delivery: Delivery, key: str) -> None:
-        """Queue the record of ``key`` (``SET`` with ``idempotency_ttl``) and, after it,
-        the ack: both go out with the batched acks, in one script that writes the record
-        first or, refused, nothing (``AckQueue``). A crash before that batch leaves the
-        event to be redelivered and handled again, as ``ack`` does."""
+        """Record ``key`` (``SET`` with ``idempotency_ttl``), then ack: sent at once,
+        with the acks queued meanwhile, in one script that writes the record first or,
+        refused, nothing (``AckQueue``). Only a crash between the handler's return and
+        this round trip repeats the event. When Redis cannot take it now, the record
+        and the ack stay queued and go out before the next read."""
         d = self._own(delivery)
         self._acks.record(key)
         self._records.recorded(key)
         await self.ack(d)
+        try:
+            await self.flush_acks()
+        except ResponseError:
+            pass  # refused: kept queued (AckQueue.flush); the next read tries again
+        except self._state.connection_errors:
+            pass  # put back (AckQueue.flush): the next read sends them first
 
     async def nack(self, delivery: Delivery, delay: float, notes: FailureNotes) -> None:
         """Schedule the entry in the group's retry set, then XACK it (one Lua script).
