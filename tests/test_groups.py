@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Any
 
 import pytest
 
@@ -249,3 +250,41 @@ async def test_reset_and_delete_a_group_on_redis(redis_server: RedisServer) -> N
             assert await api.delete_group("stock") == 1
             stats = {s.group: s.waiting for s in await api.inspect()}
         assert stats == {"email": 0}
+
+
+async def test_a_bus_whose_start_failed_can_be_started_again() -> None:
+    """A failed start leaves the bus startable: the second try says the same, not
+    'a bus runs once'."""
+    bus = EventBus(transport=CoreOnlyTransport())
+
+    @bus.subscribe(group="g", start="latest")
+    async def handle(event: OrderCreated) -> None:
+        pass
+
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="GroupManagement"):
+            await bus.__aenter__()
+
+
+async def test_deleting_a_group_whose_stream_is_gone_and_its_handled_records(
+    redis_server: RedisServer, redis_admin: Any
+) -> None:
+    """delete_group works when the stream was deleted, and removes the group's handled
+    records, so that a group made again handles those events."""
+    prefix = f"g{secrets.token_hex(4)}"
+    transport = RedisTransport(redis_server.url, prefix=prefix, block=0.1)
+    bus = EventBus(transport=transport)
+    seen: list[str] = []
+
+    @bus.subscribe(group="mail", idempotent=True)
+    async def mail(event: OrderCreated) -> None:
+        seen.append(event.order_id)
+
+    async with bus:
+        await bus.publish(OrderCreated(order_id="o-1"))
+        await drain(bus, timeout=10)
+    assert await redis_admin.keys(f"{prefix}:{{OrderCreated}}:handled:mail:*")
+    async with EventBus(transport=transport) as admin:
+        await redis_admin.delete(f"{prefix}:{{OrderCreated}}")
+        assert await admin.delete_group("mail") == 1
+    assert await redis_admin.keys(f"{prefix}:*") == []

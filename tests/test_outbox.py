@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -390,3 +391,62 @@ def test_a_bus_with_an_outbox_refuses_to_start_on_trio(tmp_path: Any) -> None:
 
     with pytest.raises(ConfigurationError, match="asyncio only"):
         anyio.run(start, backend="trio")
+
+
+async def test_a_row_that_is_not_a_message_is_set_aside_and_the_relay_goes_on(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row whose headers are not JSON is logged once and left in the table; the rows
+    after it are published, and the bus keeps running."""
+    seen: list[Envelope] = []
+    outbox = outbox_of(database, poll_interval=0.05)
+    async with recording_bus(InMemoryTransport(), outbox, seen) as bus:
+        async with database.engine.begin() as conn:
+            await conn.execute(
+                outbox.table.insert().values(
+                    event_id="x", topic="OrderCreated", headers="{not json", body=b"{}",
+                    created_at=datetime.now(UTC),
+                )
+            )  # fmt: skip
+            await bus.publish(OrderCreated(order_id="o-1"), transaction=conn)
+        await bus.drain(timeout=10)
+        await bus.drain(timeout=10)
+        assert await outbox.pending() == 1
+    assert [e.name for e in seen] == ["OrderCreated"]
+    errors = [r for r in caplog.records if "is not a message" in r.getMessage()]
+    assert len(errors) == 1
+
+
+async def test_publish_many_of_nothing_in_a_transaction_writes_nothing(database: Database) -> None:
+    """An empty batch is no error and leaves the transaction usable."""
+    orders = await create_orders(database)
+    async with EventBus(outbox=outbox_of(database)) as bus, database.engine.begin() as conn:
+        assert await bus.publish_many([], transaction=conn) == []
+        await conn.execute(orders.insert().values(id="o-1"))
+
+
+async def test_an_event_a_middleware_keeps_back_is_not_reported_or_run(
+    database: Database,
+) -> None:
+    """A middleware that does not call next: no row, no observer, no immediate subscriber."""
+    calls: list[str] = []
+
+    class Drop(Middleware):
+        async def on_publish(self, event: Event, envelope: Envelope, call_next: Next) -> None:
+            calls.append("dropped")
+
+    class Told(Observer):
+        def on_published(self, event: Event, envelope: Envelope) -> None:
+            calls.append("published")
+
+    outbox = outbox_of(database)
+    bus = EventBus(outbox=outbox, middleware=[Drop()], observers=[Told()])
+
+    @bus.subscribe(group="audit", mode="immediate")
+    async def audit(event: OrderCreated) -> None:
+        calls.append("immediate")
+
+    async with bus, database.engine.begin() as conn:
+        await bus.publish(OrderCreated(order_id="o-1"), transaction=conn)
+    assert calls == ["dropped"]
+    assert await outbox.pending() == 0

@@ -242,7 +242,8 @@ class EventBus:
 
     async def __aenter__(self) -> EventBus:
         """Connect and start the consumers; raises ``BusStateError`` on a second start and
-        ``TransportError`` when the transport cannot connect."""
+        ``TransportError`` when the transport cannot connect. After a failed start the
+        bus is closed again and may be started once more (a worker waiting for Redis)."""
         if self._state is not _State.NEW:
             raise BusStateError(f"a bus runs once; this one is {self._state.value}")
         subscribers = list(self._registry)
@@ -263,6 +264,7 @@ class EventBus:
             await self._workers.start(conn, engines, relay)
         except BaseException as exc:
             await self._close(exc)
+            self._state, self._workers = _State.NEW, Workers(self._codec)  # may try again
             raise
         return self
 

@@ -8,7 +8,7 @@ from ._errors import ConfigurationError
 from ._subscriber import Subscriber
 from .transports._contract import Connection, GroupManagement, Transport
 
-__all__ = ["Consume", "check_consume", "check_group_names", "declare", "split"]
+__all__ = ["Consume", "check_consume", "check_group_names", "check_known", "declare", "split"]
 
 Consume = bool | frozenset[str]
 """True: every group of the bus; False: none; a set: those groups only."""

@@ -101,30 +101,34 @@ class Publisher:
             await self._batch.publish_many(pairs, timeout=timeout)
             for event, envelope in batch:
                 self.observers.published_event(event, envelope)
+            written = batch
         else:
-            await self._write_each(batch, items, timeout)
-        await self._run_immediate(batch)
+            written = await self._write_each(batch, items, timeout)
+        await self._run_immediate(written)
 
     async def stage(self, outbox: OutboxStore, transaction: object, batch: Batch) -> None:
         """Write the batch into ``outbox`` within the application's ``transaction`` (each
         event within the middleware's ``on_publish`` hooks, when there are any), tell the
         observers, then run the immediate subscribers of every event (inside the open
         transaction: it may still roll back)."""
+        written: Batch = []
         if self._on_publish:
             for event, envelope in batch:
 
                 async def write(event: Event = event, envelope: Envelope = envelope) -> None:
                     message = self._codec.encode(event, envelope)
                     await outbox.write(transaction, [(envelope.name, message)])
+                    written.append((event, envelope))
 
                 await run_around(self._on_publish, (event, envelope), write)
         else:
             encode = self._codec.encode
             await outbox.write(transaction, [(env.name, encode(e, env)) for e, env in batch])
+            written = batch
         if self.observers.published:
-            for event, envelope in batch:
+            for event, envelope in written:
                 self.observers.published_event(event, envelope)
-        await self._run_immediate(batch)
+        await self._run_immediate(written)
 
     async def _run_immediate(self, batch: Batch) -> None:
         """Run the immediate subscribers of every event, raising the first failure after
@@ -140,9 +144,10 @@ class Publisher:
         if first is not None:
             raise first
 
-    async def _write_each(self, batch: Batch, items: list[object], timeout: float | None) -> None:
+    async def _write_each(self, batch: Batch, items: list[object], timeout: float | None) -> Batch:
         """Hand the events over one by one: the observers hear of each as it is accepted.
-        A failure counts the events handed over before it (``stored``, ``stored_ids``)."""
+        Return those handed over (a middleware may keep one back). A failure counts the
+        events handed over before it (``stored``, ``stored_ids``)."""
         write = self.write_around if self._on_publish else self.write
         ids: list[str | None] = []
         for (event, envelope), item in zip(batch, items, strict=True):
@@ -154,3 +159,4 @@ class Publisher:
             except PublishRefusedError as exc:
                 exc.stored_ids = (*ids, *exc.stored_ids)
                 raise
+        return [pair for pair, stored in zip(batch, ids, strict=True) if stored is not None]

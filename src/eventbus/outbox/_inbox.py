@@ -57,13 +57,14 @@ class Inbox:
     async def claim(self, transaction: object, context: Context) -> bool:
         """Record, within ``transaction``, that ``context.group`` handles
         ``context.envelope.id``; False when it was recorded before. Raises
-        ``PublishError`` for something that is not a transaction of the inbox's engine.
+        ``ConfigurationError`` for something that is not a transaction of the inbox's
+        engine, or not the handler's context.
         """
         if not isinstance(context, Context):
             raise ConfigurationError(
                 f"Inbox.claim takes the handler's Context, not {type(context).__name__}"
             )
-        conn = await connection_of(transaction, self.engine, "Inbox.claim")
+        conn = await connection_of(transaction, self.engine, "Inbox.claim", ConfigurationError)
         row = {
             "group_name": context.group,
             "event_id": context.envelope.id,

@@ -36,10 +36,12 @@ class Outbox:
     ``publish(event, transaction=conn)`` inserts the encoded event into the outbox table
     within the application's open transaction (an ``AsyncConnection`` or
     ``AsyncSession`` of ``engine``): the event exists if and only if the transaction
-    commits. A relay in every bus that has the outbox publishes committed rows in the
-    order they were written, with the id the envelope got at write time, and deletes
-    them. A commit in this process wakes the relays of this process at once; other
-    processes' commits are found by polling every ``poll_interval`` seconds.
+    commits. A relay in every bus that has the outbox publishes committed rows in order
+    of position (the order of writing; a transaction that commits late is published
+    late), with the id the envelope got at write time, and deletes them. A row that is
+    not a message (edited by hand) is logged and left in the table. A commit in this
+    process wakes the relays of this process at once; other processes' commits are
+    found by polling every ``poll_interval`` seconds.
 
     Several relays (buses, processes) may run at once: on PostgreSQL each takes its rows
     with ``FOR UPDATE SKIP LOCKED``, on SQLite one relay writes at a time. A relay that
@@ -87,6 +89,8 @@ class Outbox:
         ``PublishError`` for something that is not a transaction of the outbox's engine
         or when the database refuses the insert (the original error is the cause)."""
         conn = await connection_of(transaction, self.engine, "publish(transaction=)")
+        if not items:
+            return
         now = datetime.now(UTC)
         rows = [
             {

@@ -8,13 +8,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from sqlalchemy import Connection as SyncConnection
-from sqlalchemy import Table, delete, false, select, update
+from sqlalchemy import Select, Table, delete, false, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventbus._backoff import Backoff
-from eventbus._errors import EventBusError, PublishOutcomeUnknownError, PublishRefusedError
+from eventbus._errors import (
+    EventBusError,
+    PublishOutcomeUnknownError,
+    PublishRefusedError,
+    TransportError,
+)
 from eventbus.transports._contract import BatchPublishing, Connection, Message
 
 __all__ = ["Relay"]
@@ -46,10 +52,10 @@ class Relay:
         self._committing: list[SyncConnection] = []
         self._wake = anyio.Event()
         self._lock = anyio.Lock()
-        sqlite = engine.dialect.name == "sqlite"
-        columns = (table.c.position, table.c.topic, table.c.headers, table.c.body)
-        query = select(*columns).order_by(table.c.position).limit(batch_size)
-        self._select = query if sqlite else query.with_for_update(skip_locked=True)
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._bad: set[int] = set()
+        """Positions of rows that are not messages: logged once, left for an operator."""
+        sqlite = self._sqlite
         # SQLite: a write first takes the database's write lock for the whole batch
         self._take_lock = (
             update(table).where(false()).values(position=table.c.position) if sqlite else None
@@ -61,13 +67,12 @@ class Relay:
         self._wake.set()
 
     async def run(self) -> None:
-        """Relay until cancelled."""
+        """Relay until cancelled; a failure is logged and tried again after a backoff."""
         backoff = Backoff(0.05, 5.0)
         while True:
-            self._wake = anyio.Event()
             try:
                 moved = await self._pass()
-            except (SQLAlchemyError, OSError, EventBusError) as exc:
+            except Exception as exc:
                 delay = backoff.failed()
                 logger.error(
                     "outbox relay failed (%s: %s); retrying in %.2f s",
@@ -84,13 +89,21 @@ class Relay:
                 await self._after_commits()
 
     async def flush(self) -> None:
-        """Publish batches until the table holds no row this relay can take; raises
-        the database's or the transport's error."""
-        while await self._pass() >= self._batch_size:
-            pass
+        """Publish batches until the table holds no row this relay can take. Raises the
+        transport's error, or ``TransportError`` for the database's (its cause); a
+        cancellation takes effect between batches."""
+        try:
+            while await self._pass() >= self._batch_size:
+                await anyio.lowlevel.checkpoint()
+        except SQLAlchemyError as exc:
+            raise TransportError(
+                f"the outbox relay could not read {self._table.name}: {type(exc).__name__}"
+            ) from exc
 
     async def _after_commits(self) -> None:
-        """Wait until the local commits that woke the relay have finished."""
+        """Wait until the local commits that woke the relay have finished (a commit
+        announced from now on wakes the next wait)."""
+        self._wake = anyio.Event()
         conns, self._committing = self._committing, []
         deadline = anyio.current_time() + _COMMIT_WAIT
         for conn in conns:
@@ -101,8 +114,9 @@ class Relay:
 
     async def _pass(self) -> int:
         """One batch in one database transaction; the number of rows taken. A pass is
-        not cancelled midway (a cancelled query can leave a connection unusable); it
-        fails with ``TimeoutError`` after ``_PASS_LIMIT`` seconds instead."""
+        shielded from outside cancellation (a query cancelled midway can leave a
+        connection unusable); after ``_PASS_LIMIT`` seconds it is cut, with
+        ``TimeoutError``."""
         moved = 0
         with anyio.CancelScope(shield=True), anyio.fail_after(_PASS_LIMIT):
             moved = await self._take_batch()
@@ -112,7 +126,7 @@ class Relay:
         async with self._lock, self._engine.begin() as db:
             if self._take_lock is not None:
                 await db.execute(self._take_lock)
-            rows = (await db.execute(self._select)).all()
+            rows = (await db.execute(self._query())).all()
             if not rows:
                 return 0
             stored, error = await self._publish(rows)
@@ -122,11 +136,45 @@ class Relay:
             raise error
         return len(rows)
 
+    def _query(self) -> Select[Any]:
+        """The oldest rows, but those set aside as not messages."""
+        table = self._table
+        columns = (table.c.position, table.c.topic, table.c.headers, table.c.body)
+        query = select(*columns)
+        if self._bad:
+            query = query.where(table.c.position.not_in(sorted(self._bad)))
+        query = query.order_by(table.c.position).limit(self._batch_size)
+        return query if self._sqlite else query.with_for_update(skip_locked=True)
+
+    def _messages(self, rows: Sequence[Any]) -> tuple[list[int], list[tuple[str, Message]]]:
+        """The rows as messages, in order; a row that is not one is logged and set aside."""
+        positions, items = [], []
+        for row in rows:
+            try:
+                headers = json.loads(row.headers)
+                if not (isinstance(headers, dict) and isinstance(row.body, bytes)):
+                    raise ValueError("not a JSON object of headers, or a body of bytes")
+            except ValueError as exc:
+                self._bad.add(row.position)
+                logger.error(
+                    "outbox row %s of %s (topic %s) is not a message (%s); it stays in the "
+                    "table for an operator, and the relay goes on without it",
+                    row.position,
+                    self._table.name,
+                    row.topic,
+                    type(exc).__name__,
+                )
+                continue
+            positions.append(row.position)
+            items.append((row.topic, Message(row.body, headers)))
+        return positions, items
+
     async def _publish(self, rows: Sequence[Any]) -> tuple[list[int], EventBusError | None]:
         """Publish the rows in order; the positions the transport stored, and the error
         that stopped the batch (None when all were stored)."""
-        positions = [row.position for row in rows]
-        items = [(row.topic, Message(row.body, json.loads(row.headers))) for row in rows]
+        positions, items = self._messages(rows)
+        if not items:
+            return [], None
         if isinstance(self._conn, BatchPublishing):
             try:
                 await self._conn.publish_many(items)

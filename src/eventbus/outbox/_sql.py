@@ -7,7 +7,7 @@ from sqlalchemy import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from eventbus._errors import ConfigurationError, PublishError
+from eventbus._errors import ConfigurationError, EventBusError, PublishError
 
 __all__ = ["check_engine", "connection_of", "create_table"]
 
@@ -22,20 +22,25 @@ def check_engine(owner: str, engine: object) -> AsyncEngine:
     return engine
 
 
-async def connection_of(transaction: object, engine: AsyncEngine, doing: str) -> AsyncConnection:
+async def connection_of(
+    transaction: object,
+    engine: AsyncEngine,
+    doing: str,
+    error: type[EventBusError] = PublishError,
+) -> AsyncConnection:
     """The connection of ``transaction`` (an ``AsyncConnection`` or ``AsyncSession`` of
-    ``engine``); ``PublishError`` for anything else."""
+    ``engine``); ``error`` for anything else."""
     if isinstance(transaction, AsyncSession):
         conn = await transaction.connection()
     elif isinstance(transaction, AsyncConnection):
         conn = transaction
     else:
-        raise PublishError(
+        raise error(
             f"{doing} takes a SQLAlchemy AsyncConnection or AsyncSession "
             f"(async with engine.begin() as conn), not {type(transaction).__name__}"
         )
     if conn.engine.sync_engine is not engine.sync_engine:
-        raise PublishError(f"{doing} needs a transaction of the engine given to the outbox")
+        raise error(f"{doing} needs a transaction of the engine given to the outbox or inbox")
     return conn
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError, ResponseError
+import re
+
+from redis.exceptions import RedisError
 
 from eventbus._options import check_start
 
@@ -28,31 +30,34 @@ class GroupAdmin:
 
     async def delete(self, group: str, topic: str | None) -> int:
         """Destroy the group on each of its streams, with its redeliver stream, retry
-        schedule and dead letters, and unlist it."""
+        schedule, dead letters and handled records, and unlist it."""
         found = await self._found(group, topic)
         async with wrapped(f"deleting group {group}"):
             for name in found:
                 keys = self._state.keys(name, group)
                 await self._destroy(keys.stream, group)
                 await self._state.client.delete(keys.redeliver, keys.retry, keys.dead)
+                await self._forget_handled(keys)
                 await self._state.client.srem(*unlist_member(self._state, name, group))
                 logger.warning("deleted group %s of %s", group, name)
         return len(found)
 
     async def reset(self, group: str, to: str, topic: str | None) -> int:
-        """Drop what the group has not handled (pending, redeliveries, retries), then
-        move it to the stream's last entry (``"latest"``) or before its first."""
+        """Drop what the group has not handled (pending, redeliveries, retries) and its
+        handled records, then move it to the stream's last entry (``"latest"``) or
+        before its first."""
         to = check_start(to, "to")
         found = await self._found(group, topic)
         async with wrapped(f"resetting group {group}"):
             for name in found:
                 keys = self._state.keys(name, group)
-                await self._ack_pending(keys, group)
-                await self._state.client.delete(keys.redeliver, keys.retry)
-                await self._state.client.xgroup_create(keys.redeliver, group, id="0", mkstream=True)
-                await self._state.client.xgroup_setid(
-                    keys.stream, group, "$" if to == "latest" else "0"
-                )
+                client = self._state.client
+                if await client.exists(keys.stream):
+                    await self._ack_pending(keys, group)
+                    await client.xgroup_setid(keys.stream, group, "$" if to == "latest" else "0")
+                await client.delete(keys.redeliver, keys.retry)
+                await client.xgroup_create(keys.redeliver, group, id="0", mkstream=True)
+                await self._forget_handled(keys)
                 logger.warning("reset group %s of %s to %s", group, name, to)
         return len(found)
 
@@ -63,11 +68,21 @@ class GroupAdmin:
         return [t for t, _ in pairs if topic is None or t == topic]
 
     async def _destroy(self, key: str, group: str) -> None:
-        try:
+        """XGROUP DESTROY, when the stream still exists."""
+        if await self._state.client.exists(key):
             await self._state.client.xgroup_destroy(key, group)
-        except ResponseError as exc:  # the stream is gone: nothing to destroy
-            if "no such key" not in str(exc).lower():
-                raise
+
+    async def _forget_handled(self, keys: Keys) -> None:
+        """UNLINK the group's handled records (SCAN for their prefix)."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", keys.handled) + "*"
+        client, found = self._state.client, []
+        async for key in client.scan_iter(match=pattern, count=1_000):
+            found.append(key)
+            if len(found) >= _PENDING_BATCH:
+                await client.unlink(*found)
+                found = []
+        if found:
+            await client.unlink(*found)
 
     async def _ack_pending(self, keys: Keys, group: str) -> None:
         """XACK every entry the group holds pending on its stream."""
