@@ -299,7 +299,10 @@ class GroupManagement(Protocol):
     declares the groups its workers will serve, and for operators).
 
     ``start`` and ``to`` are ``"earliest"`` (the first message the transport keeps) or
-    ``"latest"`` (only messages published from now on).
+    ``"latest"`` (only messages published from now on). Delete and reset are for groups
+    whose workers are stopped: a transport may refuse them while the group has
+    consumers it can see (the in-memory one does, with ``ConfigurationError``); Redis
+    cannot see other processes' consumers and goes ahead.
     """
 
     async def declare_group(self, topic: str, group: str, start: str = "earliest") -> None:
