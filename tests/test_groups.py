@@ -46,8 +46,7 @@ def shop(transport: object, handled: list[str], **options: object) -> EventBus:
 
 
 async def test_a_bus_that_does_not_consume_publishes_and_runs_immediate_subscribers() -> None:
-    """consume=False: immediate subscribers run, background ones wait for a worker, which
-    gets what was published before it started (the groups were declared)."""
+    """consume=False runs immediate subscribers; a later worker gets the declared groups' events."""
     transport = InMemoryTransport(history=0)  # no history: only a declared group keeps events
     api_seen: list[str] = []
     worker_seen: list[str] = []
@@ -134,8 +133,7 @@ async def test_a_transport_without_group_management_says_so() -> None:
 
 
 async def test_reset_and_delete_a_group_in_memory() -> None:
-    """reset to latest drops the backlog; delete takes the dead letters with it; a group
-    with consumers in the process is not deleted."""
+    """Reset drops the backlog, delete the group; a group with consumers is not deleted."""
     transport = InMemoryTransport()
     async with EventBus(transport=transport) as publisher:
         for i in range(3):
@@ -180,8 +178,7 @@ async def test_a_group_named_after_the_code_is_refused_on_redis(
 async def test_an_api_bus_declares_the_latest_group_before_its_worker_starts(
     redis_server: RedisServer,
 ) -> None:
-    """start="latest" and consume=False: events the API publishes before the first
-    worker starts are kept for it; events before the declaration are not."""
+    """A consume=False bus declares a start="latest" group: its worker gets what came after."""
     transport = redis(redis_server)
     seen: list[str] = []
 
@@ -253,8 +250,7 @@ async def test_reset_and_delete_a_group_on_redis(redis_server: RedisServer) -> N
 
 
 async def test_a_bus_whose_start_failed_can_be_started_again() -> None:
-    """A failed start leaves the bus startable: the second try says the same, not
-    'a bus runs once'."""
+    """A failed start leaves the bus startable: the retry fails for the same reason."""
     bus = EventBus(transport=CoreOnlyTransport())
 
     @bus.subscribe(group="g", start="latest")
@@ -269,8 +265,7 @@ async def test_a_bus_whose_start_failed_can_be_started_again() -> None:
 async def test_deleting_a_group_whose_stream_is_gone_and_its_handled_records(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """delete_group works when the stream was deleted, and removes the group's handled
-    records, so that a group made again handles those events."""
+    """delete_group works without the stream and removes the group's handled records."""
     prefix = f"g{secrets.token_hex(4)}"
     transport = RedisTransport(redis_server.url, prefix=prefix, block=0.1)
     bus = EventBus(transport=transport)

@@ -89,8 +89,7 @@ async def test_a_rolled_back_claim_leaves_the_event_to_claim_again(database: Dat
 
 
 async def test_a_redelivered_event_has_its_effect_once(database: Database) -> None:
-    """A handler that commits its effect, then fails before the ack, is retried: the
-    retry finds the record and writes nothing."""
+    """A retry after a committed effect finds the inbox record and writes nothing."""
     inbox = await make_inbox(database)
     invoices = Table(
         f"invoices_{database.inbox_table}",
@@ -123,8 +122,7 @@ async def test_a_redelivered_event_has_its_effect_once(database: Database) -> No
 async def test_a_claim_in_flight_makes_the_second_claimant_wait_then_lose(
     database: Database,
 ) -> None:
-    """Two workers claim one event at once: the second waits for the first's commit and
-    gets False."""
+    """A second claim of one event waits for the first's commit, then gets False."""
     inbox = await make_inbox(database)
     context = context_for("billing")
     second: list[bool] = []

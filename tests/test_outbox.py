@@ -362,8 +362,7 @@ async def test_leaving_the_bus_publishes_what_was_committed(database: Database) 
 async def test_a_writer_killed_right_after_commit_loses_no_event(
     database: Database, redis_server: RedisServer
 ) -> None:
-    """kill -9 right after the last commit: a relay started later publishes every
-    committed event, each id once in the stream."""
+    """kill -9 right after commit: a later relay publishes every committed id."""
     prefix = f"outbox-kill-{database.outbox_table}"
     args = [database.url, database.outbox_table, redis_server.url, prefix, "200"]
     writer = await anyio.run_process(
@@ -396,8 +395,7 @@ def test_a_bus_with_an_outbox_refuses_to_start_on_trio(tmp_path: Any) -> None:
 async def test_a_row_that_is_not_a_message_is_set_aside_and_the_relay_goes_on(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A row whose headers are not JSON is logged once and left in the table; the rows
-    after it are published, and the bus keeps running."""
+    """A row that is not a message is logged once and left; the others are published."""
     seen: list[Envelope] = []
     outbox = outbox_of(database, poll_interval=0.05)
     async with recording_bus(InMemoryTransport(), outbox, seen) as bus:

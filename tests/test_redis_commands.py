@@ -143,8 +143,7 @@ def test_ack_queue_takes_puts_back_and_keeps_refused_batches() -> None:
 
 
 def test_records_travel_in_one_script_ahead_of_the_acks_and_stay_when_refused() -> None:
-    """A batch with handled records is one EVAL (the records, then the acks); refused,
-    records and acks are kept together. ``ids()`` lists entries only."""
+    """Records and acks travel in one EVAL, records first, and stay together when refused."""
     keys = Keys.of("pre", "OrderCreated", "email")
     acks = AckQueue(keys, "email", record_ttl=30)
     acks.record("e-1")

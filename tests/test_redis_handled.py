@@ -85,8 +85,7 @@ async def receive(sub: Subscription) -> Delivery:
 async def test_a_record_sent_with_the_batched_ack_is_seen_by_another_consumer(
     redis_server: RedisServer, redis_admin: Any, prefix: str
 ) -> None:
-    """After the flush of the acks, the entry is acked and its record, with the TTL, is
-    what another consumer of the group finds."""
+    """After the flush, the entry is acked and another consumer finds its record (with TTL)."""
     transport = RedisTransport(redis_server.url, prefix=prefix, block=0.1, idempotency_ttl=30)
     first, second = await transport.connect(), await transport.connect()
     try:
@@ -109,8 +108,7 @@ async def test_a_record_sent_with_the_batched_ack_is_seen_by_another_consumer(
 async def test_a_batch_is_looked_up_at_once_and_answered_per_delivery(
     redis_server: RedisServer, redis_admin: Any, prefix: str
 ) -> None:
-    """Five entries read in one batch, two of them handled before: one MGET answers for
-    all five, each delivery with its own answer."""
+    """One MGET answers for a batch of five entries, each delivery with its own answer."""
     for handled_before in ("e-2", "e-4"):
         await redis_admin.set(record_key(prefix, handled_before), b"1", px=60_000)
     for i in range(1, 6):
@@ -139,8 +137,7 @@ async def test_a_batch_is_looked_up_at_once_and_answered_per_delivery(
 async def test_an_answer_kept_for_a_delivery_is_dropped_when_it_is_settled(
     redis_server: RedisServer, redis_admin: Any, prefix: str
 ) -> None:
-    """A delivery looked up with its batch, then nacked unasked: its retry is looked up
-    again and sees the record written meanwhile."""
+    """A nacked delivery's retry is looked up again and sees the record written meanwhile."""
     for i in (1, 2):
         await redis_admin.xadd(f"{prefix}:{{{TOPIC}}}", fields(f"e-{i}"))
     conn = await RedisTransport(redis_server.url, prefix=prefix, block=0.1).connect()
@@ -162,8 +159,7 @@ async def test_an_answer_kept_for_a_delivery_is_dropped_when_it_is_settled(
 async def test_a_retried_delivery_is_recorded_and_its_redelivered_copy_acked(
     redis_server: RedisServer, redis_admin: Any, prefix: str
 ) -> None:
-    """A success on the second attempt (read from the redeliver stream) writes the record
-    and acks and deletes the copy."""
+    """A success on a retry writes the record, then acks and deletes the redelivered copy."""
     bus = EventBus(transport=RedisTransport(redis_server.url, prefix=prefix, block=0.1))
     attempts: list[int] = []
 
@@ -188,8 +184,7 @@ async def test_a_retried_delivery_is_recorded_and_its_redelivered_copy_acked(
 async def test_a_key_this_consumer_recorded_needs_no_lookup_until_it_expires(
     redis_server: RedisServer, redis_admin: Any, prefix: str
 ) -> None:
-    """A key recorded here is answered without asking Redis; past idempotency_ttl it is
-    forgotten here as in Redis."""
+    """A key recorded here is answered without Redis until idempotency_ttl passes."""
     await redis_admin.xadd(f"{prefix}:{{{TOPIC}}}", fields("e-1"))
     transport = RedisTransport(redis_server.url, prefix=prefix, block=0.1, idempotency_ttl=0.5)
     conn = await transport.connect()
@@ -222,8 +217,7 @@ def refusals(caplog: pytest.LogCaptureFixture) -> int:
 async def test_a_refused_record_keeps_its_ack_back_until_redis_takes_both(
     redis_server: RedisServer, redis_admin: Any, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An ACL without SET refuses the record: the entry stays pending (never an ack
-    without its record), and once SET is granted both land and a repeat is skipped."""
+    """A refused record keeps its ack back; once SET is granted both land, and a repeat skips."""
     user = f"norecord-{secrets.token_hex(3)}"
     await redis_admin.execute_command(
         "ACL", "SETUSER", user, "reset", "on", ">pw", "~*", "&*", "+@all", "-set"
@@ -257,8 +251,7 @@ async def test_a_refused_record_keeps_its_ack_back_until_redis_takes_both(
 async def test_a_refused_lookup_is_tried_again_and_the_entry_kept_meanwhile(
     redis_server: RedisServer, redis_admin: Any, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An ACL without MGET refuses the lookup: the entry stays pending, unhandled, and
-    is handled once MGET is granted."""
+    """A refused lookup is tried again, the entry kept, and handled once MGET is granted."""
     user = f"nolookup-{secrets.token_hex(3)}"
     await redis_admin.execute_command(
         "ACL", "SETUSER", user, "reset", "on", ">pw", "~*", "&*", "+@all", "-mget"
@@ -291,8 +284,7 @@ async def test_a_refused_lookup_is_tried_again_and_the_entry_kept_meanwhile(
 async def test_a_record_reaches_redis_before_the_handler_takes_its_next_event(
     redis_server: RedisServer, redis_admin: Any, prefix: str
 ) -> None:
-    """Two events read in one batch: when the second one's handler runs, the first one's
-    record is in Redis already (a worker killed then repeats one event, not a batch)."""
+    """Each record is in Redis before the handler's next delivery of the same batch runs."""
     transport = RedisTransport(redis_server.url, prefix=prefix, block=0.1, prefetch=16)
     bus = EventBus(transport=transport)
     seen_before: list[bool] = []

@@ -67,8 +67,7 @@ def shorter_than(admin: Any, stream: str, length: int) -> Any:
 async def test_a_stopped_group_loses_nothing_while_another_group_acks_and_trims(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """A group whose worker stopped gets, once restarted, every entry published meanwhile,
-    though a fast group acknowledged them all and trimming ran."""
+    """A stopped group gets every entry later, though another group acked all and trims ran."""
     keys, first, later = prefix(), orders("a", 300), orders("b", 300)
     stream = f"{keys}:{{OrderPaid}}"
     slow_seen: list[str] = []
@@ -89,8 +88,7 @@ async def test_a_stopped_group_loses_nothing_while_another_group_acks_and_trims(
 async def test_entries_older_than_the_window_go_and_newer_ones_stay_for_a_new_group(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """retention=3600: acknowledged entries of 1970 are trimmed, acknowledged entries of now
-    stay, and a group created afterwards handles every one of them."""
+    """Acked entries older than the window are trimmed; newer ones stay for a new group."""
     keys, recent = prefix(), orders("new", 300)
     stream = f"{keys}:{{OrderPaid}}"
     async with redis_admin.pipeline(transaction=False) as pipe:
@@ -123,8 +121,7 @@ def old_entry(order_id: str) -> dict[str, str]:
 async def test_entries_pending_in_a_group_are_not_trimmed(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """A consumer holding 50 entries unacknowledged keeps them (and what follows) in the
-    stream while another group acks everything and trimming runs; it handles them later."""
+    """Entries a consumer holds unacknowledged stay in the stream through trims."""
     keys, events = prefix(), orders("o", 600)
     stream = f"{keys}:{{OrderPaid}}"
     await redis_admin.xgroup_create(stream, "slow", id="0", mkstream=True)
@@ -148,8 +145,7 @@ async def test_entries_pending_in_a_group_are_not_trimmed(
 async def test_a_scheduled_retry_survives_the_trim_of_its_entry(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """An event waiting for its retry is delivered again after its stream entry was
-    trimmed: the retry set holds a copy."""
+    """A scheduled retry is delivered after its stream entry was trimmed."""
     keys = prefix()
     stream, retries = f"{keys}:{{OrderPaid}}", f"{keys}:{{OrderPaid}}:retry:mail"
     bus = EventBus(transport=RedisTransport(redis_server.url, prefix=keys, **QUICK_TRIMS))

@@ -191,8 +191,7 @@ def cents_to_amount_v2(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_a_replayed_dead_letter_goes_through_the_upcasters() -> None:
-    """A version-1 message dead-lettered before the upcaster existed is handled when
-    replayed by a worker that has it."""
+    """A dead letter of an older version is handled when replayed by an upcasting worker."""
     transport = InMemoryTransport()
     before = EventBus(transport=transport)
 
@@ -249,8 +248,7 @@ def anyio_backend() -> str:
 async def test_a_newer_version_on_redis_goes_back_to_the_group_then_to_the_dead_letters(
     redis_server: RedisServer,
 ) -> None:
-    """An old worker returns a newer event to its group max_attempts - 1 times, then
-    dead-letters it as wrong-version."""
+    """A newer version goes back to the group per the policy, then to the dead letters."""
     transport = RedisTransport(redis_server.url, prefix=f"v{secrets.token_hex(4)}", block=0.1)
     reasons = Reasons()
     policy = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0.0)
@@ -277,8 +275,7 @@ async def test_a_newer_version_on_redis_goes_back_to_the_group_then_to_the_dead_
 async def test_a_rolling_upgrade_on_redis_handles_every_event_once(
     redis_server: RedisServer,
 ) -> None:
-    """Version-1 events in the stream, a version-1 and a version-2 worker in one group,
-    then version-2 publishers: every event handled once, nothing dead-lettered."""
+    """v1 and v2 workers in one group, v1 then v2 events: each handled once, none dead."""
     transport = RedisTransport(redis_server.url, prefix=f"v{secrets.token_hex(4)}", block=0.1)
     handled: Counter[str] = Counter()
     returns = RetryPolicy(max_attempts=50, initial_delay=0.02, max_delay=0.2)

@@ -172,8 +172,7 @@ def env_for(server: RedisServer, tmp_path: Path) -> dict[str, str]:
 def test_a_worker_serves_only_the_groups_it_is_given(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """--group email: the email group is served, the stock group waits (declared) for
-    another worker; the start log names the transport, the prefix, groups and events."""
+    """--group email serves email only, leaves stock declared, and logs what it serves."""
     env = env_for(redis_server, tmp_path)
     worker = Process(tmp_path, env, "tests.worker_app:two_groups", "--group", "email")
     transport = RedisTransport(redis_server.url, prefix=env["EVENTBUS_TEST_PREFIX"])
@@ -238,8 +237,7 @@ def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_cannot_reach_redis_in_time_says_so_in_one_line(tmp_path: Path) -> None:
-    """--connect-timeout 1 to a port where nothing listens: exit 1, one line, no traceback,
-    no password."""
+    """No Redis within --connect-timeout: exit 1, one line, no traceback, no password."""
     server = RedisServer(tmp_path, password="s3cret-pw")
     argv = ["worker", "tests.worker_app:make_bus", "--connect-timeout", "1"]
     result = subprocess.run(
