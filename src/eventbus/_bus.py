@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -11,7 +10,6 @@ import anyio
 
 from ._clock import Clock, clock_of, sleeper
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec
-from ._deadletter import DeadLetter, from_stored
 from ._delivery import Delivering, run_immediate
 from ._envelope import Envelope, EnvelopeFactory
 from ._errors import (
@@ -21,8 +19,9 @@ from ._errors import (
 from ._event import Event
 from ._groups import check_consume, check_group_names, check_known, declare, split
 from ._middleware import Middleware
-from ._observer import DeadLetterErrors, Observer, Observers
-from ._options import check_seconds, check_start
+from ._observer import Observer, Observers
+from ._operations import Operations, State
+from ._options import check_seconds
 from ._outbox import OutboxStore
 from ._publisher import Publisher
 from ._registry import Registry
@@ -30,12 +29,7 @@ from ._retry import RetryPolicy
 from ._subscriber import Handler, Subscriber
 from ._workers import Workers
 from .transports._contract import (
-    Connection,
-    DeadLetterStore,
-    GroupManagement,
-    GroupStats,
     IdleWaiting,
-    Inspection,
     Transport,
 )
 from .transports.memory import InMemoryTransport
@@ -48,14 +42,7 @@ NEWER_VERSIONS = RetryPolicy(max_attempts=10, initial_delay=0.5, max_delay=60.0)
 """The default of ``EventBus(newer_versions=...)``."""
 
 
-class _State(enum.Enum):
-    NEW = "not started"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    CLOSED = "closed"
-
-
-class EventBus:
+class EventBus(Operations):
     """Publishes events and runs the subscribers of one application (one worker).
 
     ::
@@ -121,21 +108,20 @@ class EventBus:
         consume: bool | Collection[str] = True,
     ) -> None:
         self._grace = check_seconds("EventBus", "shutdown_grace", shutdown_grace)
-        self._transport: Transport = transport if transport is not None else InMemoryTransport()
-        self._codec = Codec(max_payload_bytes=max_payload_bytes)
+        super().__init__(
+            transport if transport is not None else InMemoryTransport(),
+            Codec(max_payload_bytes=max_payload_bytes),
+        )
         self._middleware: tuple[Middleware, ...] = tuple(middleware)
         self._on_publish = tuple(m.on_publish for m in self._middleware)
         self._clock = clock or clock_of(self._transport)
         self._sleep = sleeper(self._clock)
-        self._dead_errors = DeadLetterErrors()
         self._observers = Observers(last=self._dead_errors)
         for observer in observers:
             self._observers.add(observer)
         self._registry = Registry()
         self._immediate: dict[type[Event], list[Delivering]] = {}
         self._envelopes = EnvelopeFactory()
-        self._state = _State.NEW
-        self._conn: Connection | None = None
         self._publisher: Publisher | None = None
         self._workers = Workers(self._codec)
         self._outbox = outbox
@@ -204,7 +190,7 @@ class EventBus:
         share a wire name, and ``BusStateError`` once the bus has started. Including the
         same registry twice adds nothing the second time.
         """
-        if self._state is not _State.NEW:
+        if self._state is not State.NEW:
             raise BusStateError("include() registries before the bus starts")
         candidate = Registry()
         candidate.include(self._registry)
@@ -222,7 +208,7 @@ class EventBus:
         """Consume for these groups only (``eventbus worker --group``); the others are
         declared. Call it before ``async with bus:``; a name that is not a group of a
         background subscriber raises ``ConfigurationError`` at start."""
-        if self._state is not _State.NEW:
+        if self._state is not State.NEW:
             raise BusStateError(f"consume_only() before the bus starts; it is {self._state.value}")
         self._consume = check_consume(frozenset(groups))
 
@@ -244,7 +230,7 @@ class EventBus:
         """Connect and start the consumers; raises ``BusStateError`` on a second start and
         ``TransportError`` when the transport cannot connect. After a failed start the
         bus is closed again and may be started once more (a worker waiting for Redis)."""
-        if self._state is not _State.NEW:
+        if self._state is not State.NEW:
             raise BusStateError(f"a bus runs once; this one is {self._state.value}")
         subscribers = list(self._registry)
         check_group_names(self._transport, subscribers)
@@ -255,7 +241,7 @@ class EventBus:
         self._publisher = Publisher(
             conn, self._codec, self._observers, self._immediate, self._on_publish
         )
-        self._state = _State.RUNNING
+        self._state = State.RUNNING
         try:
             await declare(conn, declared, all_=True)
             await declare(conn, consumed, all_=False)
@@ -264,7 +250,7 @@ class EventBus:
             await self._workers.start(conn, engines, relay)
         except BaseException as exc:
             await self._close(exc)
-            self._state, self._workers = _State.NEW, Workers(self._codec)  # may try again
+            self._state, self._workers = State.NEW, Workers(self._codec)  # may try again
             raise
         return self
 
@@ -279,9 +265,9 @@ class EventBus:
         return None
 
     async def _close(self, exc: BaseException | None) -> None:
-        if self._state is not _State.RUNNING:
+        if self._state is not State.RUNNING:
             return
-        self._state = _State.STOPPING
+        self._state = State.STOPPING
         conn = self._conn
         assert conn is not None
         try:
@@ -292,7 +278,7 @@ class EventBus:
                 with anyio.CancelScope(shield=True):
                     await conn.aclose()
             finally:
-                self._state = _State.CLOSED
+                self._state = State.CLOSED
                 self._conn = self._publisher = None
 
     # -- publishing ------------------------------------------------------------------
@@ -435,100 +421,3 @@ class EventBus:
         with anyio.fail_after(timeout):
             await self._workers.flush_outbox()
             await idle.wait_idle()
-
-    async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        """The dead letters of ``group`` (of every group when None), oldest first.
-
-        Raises ``BusStateError`` outside ``async with bus:``, ``ConfigurationError`` when
-        the transport keeps no dead letters to list, ``TransportError`` when it fails.
-        """
-        stored = await self._store("dead_letters()").dead_letters(group)
-        return [from_stored(s, self._codec) for s in stored]
-
-    async def replay_dead_letters(
-        self, group: str | None = None, ids: Sequence[str] | None = None
-    ) -> int:
-        """Deliver dead letters again, each to its own group only, as a first attempt.
-
-        ``ids`` picks some (``DeadLetter.id``); None takes all of ``group``. Returns how
-        many were replayed; they leave the dead letters. Letters are moved one by one:
-        consumers may handle the first before the last is moved.
-        """
-        store = self._store("replay_dead_letters()")
-        return await store.replay_dead_letters(group, ids)
-
-    async def purge_dead_letters(
-        self, group: str | None = None, ids: Sequence[str] | None = None
-    ) -> int:
-        """Delete dead letters (all of ``group`` when ``ids`` is None); return the count."""
-        store = self._store("purge_dead_letters()")
-        return await store.purge_dead_letters(group, ids)
-
-    async def inspect(self) -> list[GroupStats]:
-        """The state of every group of the transport (of other buses too): messages
-        waiting or in flight, scheduled for a retry, dead-lettered; sorted by topic then
-        group. Raises ``BusStateError`` outside ``async with bus:``, ``ConfigurationError``
-        when the transport cannot tell (no ``Inspection``), ``TransportError`` when it
-        fails."""
-        conn = self._open_connection()
-        if not isinstance(conn, Inspection):
-            raise self._lacks("Inspection", "inspect()")
-        return list(await conn.inspect())
-
-    async def delete_group(self, group: str, event_type: type[Event] | None = None) -> int:
-        """Delete ``group`` on the transport (for ``event_type`` only, when given), with
-        what it holds: pending and queued messages, retries, dead letters. Stop its
-        workers first. Returns how many event types' groups were deleted. Raises
-        ``ConfigurationError`` when the transport lacks ``GroupManagement``."""
-        conn = self._managing("delete_group()")
-        return await conn.delete_group(group, _topic(event_type))
-
-    async def reset_group(
-        self, group: str, to: str = "latest", event_type: type[Event] | None = None
-    ) -> int:
-        """Drop what ``group`` has not handled (pending and scheduled included) and move
-        it to ``to``: ``"latest"`` (handle only what is published from now on) or
-        ``"earliest"`` (handle again every message the transport keeps). Returns how
-        many event types' groups were reset."""
-        conn = self._managing("reset_group()")
-        return await conn.reset_group(group, check_start(to, "to"), _topic(event_type))
-
-    def _managing(self, doing: str) -> GroupManagement:
-        conn = self._open_connection()
-        if not isinstance(conn, GroupManagement):
-            raise self._lacks("GroupManagement", doing)
-        return conn
-
-    def take_dead_letter_errors(self) -> list[BaseException]:
-        """The errors that sent events to the dead letters since the last call (the last
-        100 at most), oldest first. ``eventbus.testing.drain`` raises the first."""
-        return self._dead_errors.take()
-
-    def _open_connection(self) -> Connection:
-        if self._conn is None:
-            raise self._not_running()
-        return self._conn
-
-    def _not_running(self) -> BusStateError:
-        return BusStateError(f"the bus is {self._state.value}; use it inside `async with bus:`")
-
-    def _store(self, doing: str) -> DeadLetterStore:
-        conn = self._open_connection()
-        if not isinstance(conn, DeadLetterStore):
-            raise self._lacks("DeadLetterStore", doing)
-        return conn
-
-    def _lacks(self, ability: str, doing: str) -> ConfigurationError:
-        return ConfigurationError(
-            f"{doing} needs a transport that offers {ability}; "
-            f"{type(self._transport).__name__} does not"
-        )
-
-
-def _topic(event_type: type[Event] | None) -> str | None:
-    """The wire name of ``event_type`` (None for every event type)."""
-    if event_type is None:
-        return None
-    if not (isinstance(event_type, type) and issubclass(event_type, Event)):
-        raise ConfigurationError(f"event_type= takes an Event class, not {event_type!r}")
-    return event_type.event_name
