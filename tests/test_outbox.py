@@ -4,6 +4,7 @@ transaction commits, and a relay publishes it with the id it got at write time."
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime
@@ -448,3 +449,11 @@ async def test_an_event_a_middleware_keeps_back_is_not_reported_or_run(
         await bus.publish(OrderCreated(order_id="o-1"), transaction=conn)
     assert calls == ["dropped"]
     assert await outbox.pending() == 0
+
+
+def test_importing_the_outbox_without_sqlalchemy_names_the_extra() -> None:
+    """Without SQLAlchemy, `import eventbus.outbox` says which extra to install."""
+    code = "import sys; sys.modules['sqlalchemy'] = None; import eventbus.outbox"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert 'pip install "eventbus[outbox]"' in result.stderr

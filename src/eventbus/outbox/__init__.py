@@ -6,6 +6,14 @@ records the event it handles in the transaction of its effect, for exactly-once 
 PostgreSQL (asyncpg) and SQLite (aiosqlite) are tested.
 """
 
+try:
+    import sqlalchemy.ext.asyncio  # noqa: F401 - the extra is installed, or a clear error
+except ImportError as exc:
+    raise ImportError(
+        'eventbus.outbox needs the outbox extra: pip install "eventbus[outbox]" '
+        "(SQLAlchemy 2 with asyncio, asyncpg for PostgreSQL, aiosqlite for SQLite)"
+    ) from exc
+
 from ._inbox import Inbox
 from ._outbox import Outbox
 
