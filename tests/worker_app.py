@@ -16,8 +16,9 @@ Configured through the environment:
 
 What the handler does depends on the order id: ``crash-*`` kills the process
 (``os._exit``) before the handler finishes, ``slow-*`` takes ``EVENTBUS_TEST_SLOW``
-seconds (default 2), ``hang-*`` never finishes (the subscriber timeout cuts it), anything
-else is handled at once.
+seconds (default 2), ``hang-*`` never finishes (the subscriber timeout cuts it),
+``fail-*`` raises while the file ``EVENTBUS_TEST_FAIL`` names exists, anything else is
+handled at once.
 
 ``lifespan`` is the same bus inside a context that writes ``opened`` and ``closed`` lines
 to the ledger, as an application would open and close its database pool.
@@ -42,6 +43,11 @@ def _ledger(line: str) -> None:
         os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
+
+
+def _broken() -> bool:
+    """Whether the file ``EVENTBUS_TEST_FAIL`` names exists (the outside cause)."""
+    return os.path.exists(os.environ.get("EVENTBUS_TEST_FAIL", "-"))
 
 
 def _number(name: str, default: str) -> float:
@@ -81,6 +87,8 @@ def make_bus() -> EventBus:
             await anyio.sleep(_number("SLOW", "2"))
         if order.startswith("hang"):
             await anyio.sleep_forever()
+        if order.startswith("fail") and _broken():
+            raise ConnectionError("the mail server is down")
         _ledger(f"done {order} {os.getpid()}")
 
     return bus

@@ -1,4 +1,5 @@
-"""The command line: ``eventbus worker package.module:bus`` runs a bus's subscribers."""
+"""The command line: ``eventbus worker package.module:bus`` runs a bus's subscribers;
+``dead-letters`` and ``graph`` are for operators (``_cli_ops``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import anyio
 
 from ._backoff import Backoff
 from ._bus import EventBus
+from ._cli_ops import add_commands, dead_letters, graph
 from ._errors import EventBusError, TransportError
 
 __all__ = ["load_bus", "main"]
@@ -148,14 +150,49 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="how long to wait for the transport at start (default 60)",
     )
     worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_commands(commands)
     args = parser.parse_args(argv)
+    sys.path.insert(0, os.getcwd())
+    if args.command != "worker":
+        _operate(args)
+        return
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.name:
         os.environ[WORKER_NAME_ENV] = args.name
-    sys.path.insert(0, os.getcwd())
     try:
         anyio.run(run_worker, load_bus(args.target), args.group, args.connect_timeout)
     except EventBusError as exc:
         raise SystemExit(f"eventbus worker: {type(exc).__name__}: {exc}") from None
+
+
+def _operate(args: argparse.Namespace) -> None:
+    """Run an operator's command; exit with its code (one line on a failure)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = anyio.run(run_operation, load_bus(args.target), args)
+    except EventBusError as exc:
+        raise SystemExit(f"eventbus {args.command}: {type(exc).__name__}: {exc}") from None
+    if code:
+        raise SystemExit(code)
+
+
+async def run_operation(target: Target, args: argparse.Namespace) -> int:
+    """``dead-letters`` or ``graph`` on the target's bus (its lifespan entered first);
+    the bus consumes nothing. Returns the exit code."""
+    if isinstance(target, EventBus):
+        return await _on_bus(target, args)
+    async with target as bus:
+        if not isinstance(bus, EventBus):
+            raise SystemExit(f"eventbus: the context yielded {type(bus).__name__}, not a bus")
+        return await _on_bus(bus, args)
+
+
+async def _on_bus(bus: EventBus, args: argparse.Namespace) -> int:
+    if args.command == "graph":
+        print(graph(bus))
+        return 0
+    bus.consume_only(())
+    async with bus:
+        return await dead_letters(bus, args)
