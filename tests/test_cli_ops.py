@@ -114,3 +114,73 @@ def test_an_operator_command_on_a_missing_target_fails_clearly(args: tuple[str, 
     result = cli({}, *args, "tests.no_such_module:bus")
     assert result.returncode == 1
     assert "cannot import tests.no_such_module" in result.stderr
+
+
+def fresh_env(redis_server: RedisServer) -> dict[str, str]:
+    """The two-group app's environment on a fresh prefix."""
+    return {
+        "EVENTBUS_TEST_REDIS_URL": redis_server.url,
+        "EVENTBUS_TEST_PREFIX": f"ops{secrets.token_hex(3)}",
+    }
+
+
+def publish(env: dict[str, str], count: int) -> None:
+    """Publish ``count`` orders from the app's API bus (consume=False: it declares the
+    groups ``email`` and ``stock``), with no worker running."""
+    transport = RedisTransport(env["EVENTBUS_TEST_REDIS_URL"], prefix=env["EVENTBUS_TEST_PREFIX"])
+    api = EventBus(transport=transport, consume=False)
+    for group in ("email", "stock"):
+
+        @api.subscribe(group=group)
+        async def handle(event: OrderCreated) -> None:
+            raise AssertionError("an API bus consumes nothing")
+
+    async def go() -> None:
+        async with api:
+            await api.publish_many([OrderCreated(order_id=f"o-{i}") for i in range(count)])
+
+    anyio.run(go)
+
+
+def test_inspect_shows_the_lag_of_groups_nobody_serves(redis_server: RedisServer) -> None:
+    """Three events, no worker: each group of the app shows 3 waiting."""
+    env = fresh_env(redis_server)
+    publish(env, 3)
+    result = cli(env, "inspect", "tests.worker_app:two_groups", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["group"]: row for row in json.loads(result.stdout)}
+    assert {g: r["waiting"] for g, r in rows.items()} == {"email": 3, "stock": 3}
+    table = cli(env, "inspect", "tests.worker_app:two_groups").stdout.splitlines()
+    assert table[0].split() == ["event", "group", "waiting", "in_flight", "scheduled", "dead"]
+
+
+def test_groups_are_listed_reset_and_deleted_with_a_confirmation(
+    redis_server: RedisServer,
+) -> None:
+    """reset and delete ask for --yes; a group that does not exist is exit code 3."""
+    env = fresh_env(redis_server)
+    publish(env, 2)
+    app = "tests.worker_app:two_groups"
+    listed = cli(env, "groups", app)
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["group", "email", "stock"]
+    unconfirmed = cli(env, "groups", app, "reset", "email")
+    assert (unconfirmed.returncode, "add --yes" in unconfirmed.stdout) == (2, True)
+    assert cli(env, "groups", app, "reset", "email", "--yes").returncode == 0
+    assert cli(env, "groups", app, "delete", "stock", "--yes").returncode == 0
+    assert cli(env, "groups", app, "delete", "nobody", "--yes").returncode == 3
+    rows = json.loads(cli(env, "groups", app, "--json").stdout)
+    waiting = {row["group"]: row["waiting"] for row in rows}
+    assert waiting == {"email": 0}
+
+
+def test_schema_gives_json_schemas_and_an_asyncapi_document(redis_server: RedisServer) -> None:
+    """Every event's JSON Schema; AsyncAPI 3.0 names every event and group."""
+    env = fresh_env(redis_server)
+    app = "tests.worker_app:two_groups"
+    schemas = json.loads(cli(env, "schema", app).stdout)
+    assert schemas["OrderCreated"]["title"] == "OrderCreated"
+    document = json.loads(cli(env, "schema", app, "--format", "asyncapi").stdout)
+    assert document["asyncapi"] == "3.0.0"
+    assert set(document["channels"]) == {"OrderCreated"}
+    assert {"email-OrderCreated", "stock-OrderCreated"} <= set(document["operations"])
+    assert "order_id" in document["components"]["messages"]["OrderCreated"]["payload"]["properties"]

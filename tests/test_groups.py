@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from eventbus import BusStateError, ConfigurationError, EventBus, InMemoryTransport
+from eventbus import BusStateError, ConfigurationError, EventBus, InMemoryTransport, RetryPolicy
 from eventbus.testing import drain
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated, OrderPaid
@@ -283,3 +283,24 @@ async def test_deleting_a_group_whose_stream_is_gone_and_its_handled_records(
         await redis_admin.delete(f"{prefix}:{{OrderCreated}}")
         assert await admin.delete_group("mail") == 1
     assert await redis_admin.keys(f"{prefix}:*") == []
+
+
+async def test_an_operations_bus_registers_event_types_to_decode_dead_letters() -> None:
+    """register() makes a type decodable without subscribing: dead letters decode."""
+    transport = InMemoryTransport()
+    worker = EventBus(transport=transport)
+
+    @worker.subscribe(group="mail", retry=RetryPolicy.none())
+    async def mail(event: OrderCreated) -> None:
+        raise ConnectionError("down")
+
+    async with worker:
+        await worker.publish(OrderCreated(order_id="o-1"))
+        await drain(worker, reraise=False)
+        ops = EventBus(transport=transport)
+        with pytest.raises(ConfigurationError, match="Event classes"):
+            ops.register(dict)  # type: ignore[arg-type]
+        ops.register(OrderCreated)
+        async with ops:
+            (letter,) = await ops.dead_letters()
+    assert letter.event == OrderCreated(order_id="o-1")

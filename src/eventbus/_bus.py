@@ -204,6 +204,15 @@ class EventBus(Operations):
                 for event_type in sub.event_types:
                     self._immediate.setdefault(event_type, []).append(engine)
 
+    def register(self, *event_types: type[Event]) -> None:
+        """Make event types decodable without subscribing to them (an operations
+        process that lists dead letters). ``ConfigurationError`` for something that is
+        not an ``Event`` subclass, or a second class under a taken wire name."""
+        for event_type in event_types:
+            if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+                raise ConfigurationError(f"register() takes Event classes, not {event_type!r}")
+        self._codec.register(event_types)
+
     def consume_only(self, groups: Iterable[str]) -> None:
         """Consume for these groups only (``eventbus worker --group``); the others are
         declared. Call it before ``async with bus:``; a name that is not a group of a

@@ -17,7 +17,7 @@ import anyio
 
 from ._backoff import Backoff
 from ._bus import EventBus
-from ._cli_ops import add_commands, dead_letters, graph
+from ._cli_ops import add_commands, dead_letters, graph, groups, inspect_groups, schema
 from ._errors import EventBusError, TransportError
 
 __all__ = ["load_bus", "main"]
@@ -172,6 +172,8 @@ def _operate(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = anyio.run(run_operation, load_bus(args.target), args)
+    except KeyboardInterrupt:  # Ctrl-C ends a --watch
+        code = 0
     except EventBusError as exc:
         raise SystemExit(f"eventbus {args.command}: {type(exc).__name__}: {exc}") from None
     if code:
@@ -189,10 +191,20 @@ async def run_operation(target: Target, args: argparse.Namespace) -> int:
         return await _on_bus(bus, args)
 
 
-async def _on_bus(bus: EventBus, args: argparse.Namespace) -> int:
+async def _on_bus(app: EventBus, args: argparse.Namespace) -> int:
+    """Run the command on a bus of the app's transport that subscribes to nothing (it
+    neither consumes nor declares groups) and knows the app's event types."""
     if args.command == "graph":
-        print(graph(bus))
+        print(graph(app))
         return 0
-    bus.consume_only(())
+    if args.command == "schema":
+        print(schema(app, args.format))
+        return 0
+    bus = EventBus(transport=app.transport)
+    bus.register(*{t for s in app.subscribers for t in s.event_types})
     async with bus:
+        if args.command == "inspect":
+            return await inspect_groups(bus, args)
+        if args.command == "groups":
+            return await groups(bus, args)
         return await dead_letters(bus, args)

@@ -1,5 +1,5 @@
-"""The operator's commands: ``eventbus dead-letters list|show|replay|purge TARGET`` and
-``eventbus graph TARGET``.
+"""The operator's commands: ``eventbus dead-letters list|show|replay|purge TARGET``,
+``inspect``, ``groups [delete|reset G]``, ``graph`` and ``schema``.
 
 They load the application's bus as ``eventbus worker`` does, but consume nothing: the
 bus's subscribers only make its event types decodable. Exit codes: 0 done, 1 the
@@ -14,14 +14,25 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
+
 from ._bus import EventBus
 from ._deadletter import DeadLetter
+from .transports._contract import GroupStats
 
-__all__ = ["add_commands", "dead_letters", "graph"]
+__all__ = [
+    "add_commands",
+    "asyncapi",
+    "dead_letters",
+    "graph",
+    "groups",
+    "inspect_groups",
+    "schema",
+]
 
 NOT_FOUND = 3
 USAGE = 2
-_DONE = {"replay": "replayed", "purge": "purged"}
+_DONE = {"replay": "replayed", "purge": "purged", "delete": "deleted", "reset": "reset"}
 
 
 def add_commands(commands: Any) -> None:
@@ -39,6 +50,20 @@ def add_commands(commands: Any) -> None:
     dead.add_argument("--yes", action="store_true", help="confirm a purge")
     graph_parser = commands.add_parser("graph", help="a Mermaid flowchart of events and groups")
     graph_parser.add_argument("target", help="package.module:bus")
+    look = commands.add_parser("inspect", help="what every group has waiting, in flight, ...")
+    look.add_argument("target", help="package.module:bus")
+    look.add_argument("--json", action="store_true", help="JSON for scripts")
+    look.add_argument("--watch", type=float, metavar="SECONDS", help="again every SECONDS")
+    groups = commands.add_parser("groups", help="list the groups, or delete or reset one")
+    groups.add_argument("target", help="package.module:bus")
+    groups.add_argument("action", nargs="?", choices=["list", "delete", "reset"], default="list")
+    groups.add_argument("group", nargs="?", help="the group to delete or reset")
+    groups.add_argument("--to", choices=["latest", "earliest"], default="latest")
+    groups.add_argument("--json", action="store_true", help="JSON for scripts")
+    groups.add_argument("--yes", action="store_true", help="confirm a delete or reset")
+    schema = commands.add_parser("schema", help="the JSON Schema of every event, or AsyncAPI")
+    schema.add_argument("target", help="package.module:bus")
+    schema.add_argument("--format", choices=["json-schema", "asyncapi"], default="json-schema")
 
 
 async def dead_letters(bus: EventBus, args: argparse.Namespace) -> int:
@@ -67,6 +92,94 @@ async def dead_letters(bus: EventBus, args: argparse.Namespace) -> int:
     done = await act(None, ids)
     _say(_DONE[args.action], ids[:done], args.json)
     return 0
+
+
+async def inspect_groups(bus: EventBus, args: argparse.Namespace) -> int:
+    """Print every group's state (again every ``--watch`` seconds, until interrupted)."""
+    while True:
+        rows = [_stats(s) for s in await bus.inspect()]
+        if args.json:
+            print(json.dumps(rows, indent=2), flush=True)
+        else:
+            _print_table(rows, ["event", "group", "waiting", "in_flight", "scheduled", "dead"])
+        if args.watch is None:
+            return 0
+        await anyio.sleep(args.watch)
+
+
+async def groups(bus: EventBus, args: argparse.Namespace) -> int:
+    """List the groups, or delete or reset one (with ``--yes``)."""
+    if args.action == "list":
+        rows = [_stats(s) for s in await bus.inspect()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_table(rows, ["group", "event", "waiting", "in_flight", "scheduled", "dead"])
+        return 0
+    if not args.group:
+        print(f"eventbus groups {args.action}: name the group")
+        return USAGE
+    if not args.yes:
+        what = f"reset to {args.to}" if args.action == "reset" else "deleted"
+        print(f"eventbus groups {args.action}: group {args.group} would be {what}; add --yes")
+        return USAGE
+    if args.action == "delete":
+        count = await bus.delete_group(args.group)
+    else:
+        count = await bus.reset_group(args.group, args.to)
+    if not count:
+        print(f"eventbus groups {args.action}: no group {args.group}")
+        return NOT_FOUND
+    print(f"{_DONE[args.action]} group {args.group} on {count} event type(s)")
+    return 0
+
+
+def schema(bus: EventBus, fmt: str) -> str:
+    """The JSON Schema of every event type of the bus, or an AsyncAPI 3.0 document."""
+    types = {t.event_name: t for s in bus.subscribers for t in s.event_types}
+    schemas = {name: t.model_json_schema() for name, t in sorted(types.items())}
+    if fmt == "json-schema":
+        return json.dumps(schemas, indent=2)
+    return json.dumps(asyncapi(bus, schemas), indent=2)
+
+
+def asyncapi(bus: EventBus, schemas: dict[str, Any]) -> dict[str, Any]:
+    """An AsyncAPI 3.0 document: a channel and a message per event type, an operation
+    per group that receives it (the envelope's fields as message headers)."""
+    channels, operations, messages = {}, {}, {}
+    for name, payload in schemas.items():
+        ref = {"$ref": f"#/components/messages/{name}"}
+        channels[name] = {"address": name, "messages": {name: ref}}
+        messages[name] = {"name": name, "headers": _ENVELOPE, "payload": payload}
+        operations[f"publish-{name}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{name}"},
+        }
+    for sub in bus.subscribers:
+        for event_type in sub.event_types:
+            name = event_type.event_name
+            operations[f"{sub.group}-{name}"] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{name}"},
+                "summary": f"group {sub.group} ({sub.mode})",
+            }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {"title": "eventbus events", "version": "1"},
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+
+
+_ENVELOPE = {
+    "type": "object",
+    "required": ["id", "name", "version", "time"],
+    "properties": {
+        field: {"type": "string"}
+        for field in ("id", "name", "version", "time", "correlation_id", "causation_id", "headers")
+    },
+}
 
 
 def graph(bus: EventBus) -> str:
@@ -140,12 +253,26 @@ def _print_list(letters: Sequence[DeadLetter], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    columns = ["id", "group", "event", "reason", "attempts", "last_failed_at", "error_type"]
+    _print_table(rows, ["id", "group", "event", "reason", "attempts", "last_failed_at"])
+    print(f"{len(rows)} dead letter(s)")
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: list[str]) -> None:
     table = [columns] + [[str(row[c]) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
-    print(f"{len(rows)} dead letter(s)")
+
+
+def _stats(stats: GroupStats) -> dict[str, Any]:
+    return {
+        "event": stats.topic,
+        "group": stats.group,
+        "waiting": stats.waiting,
+        "in_flight": stats.in_flight,
+        "scheduled": stats.scheduled,
+        "dead": stats.dead_letters,
+    }
 
 
 def _text(letter: DeadLetter) -> str:
