@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,28 @@ def test_schema_gives_json_schemas_and_an_asyncapi_document(redis_server: RedisS
     assert set(document["channels"]) == {"OrderCreated"}
     assert {"email-OrderCreated", "stock-OrderCreated"} <= set(document["operations"])
     assert "order_id" in document["components"]["messages"]["OrderCreated"]["payload"]["properties"]
+
+
+def test_inspect_watch_prints_again_until_interrupted(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """--watch 0.1 prints the table again and again; Ctrl-C ends it with exit code 0."""
+    env = fresh_env(redis_server)
+    publish(env, 1)
+    output = tmp_path / "inspect.out"
+    argv = ["inspect", "tests.worker_app:two_groups", "--watch", "0.1"]
+    with output.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eventbus", *argv],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        anyio.run(wait_for, lambda: output.read_text().count("waiting") >= 2, 20, "two tables")
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=20)
+    assert process.returncode == 0, errors

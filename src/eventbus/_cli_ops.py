@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +105,7 @@ async def inspect_groups(bus: EventBus, args: argparse.Namespace) -> int:
             _print_table(rows, ["event", "group", "waiting", "in_flight", "scheduled", "dead"])
         if args.watch is None:
             return 0
+        sys.stdout.flush()
         await anyio.sleep(args.watch)
 
 
