@@ -332,8 +332,8 @@ class EventBus(Operations):
             return staged[0]
         envelope = self._envelopes.make(event, headers, correlation_id, causation_id)
         if self._on_publish:
-            await publisher.write_around(event, envelope, None, timeout, True)
-            return envelope
+            done = await publisher.write_around(event, envelope, None, timeout, True)
+            return envelope if done is None else done[1]
         # ``publisher.write``, inline: the call would cost 0.3 us of a 3.6 us publish.
         if publisher.by_reference:
             await publisher.publish_to(envelope.name, (event, envelope), timeout=timeout)
@@ -388,8 +388,7 @@ class EventBus(Operations):
             )
         make = self._envelopes.make
         batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
-        await publisher.write_many(batch, timeout)
-        return [envelope for _, envelope in batch]
+        return await publisher.write_many(batch, timeout)
 
     async def _stage(
         self,
@@ -408,8 +407,7 @@ class EventBus(Operations):
             )
         make = self._envelopes.make
         batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
-        await publisher.stage(self._outbox, transaction, batch)
-        return [envelope for _, envelope in batch]
+        return await publisher.stage(self._outbox, transaction, batch)
 
     # -- waiting and dead letters -----------------------------------------------------
 

@@ -105,7 +105,7 @@ class Delivering:
             context = Context(envelope, self.sub.group, self._publish)
         if self._on_handle:
 
-            async def call() -> None:
+            async def call(event: Event, context: Context | None) -> None:
                 await self._call(event, context)
 
             await run_around(self._on_handle, (event, context), call)

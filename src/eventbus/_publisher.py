@@ -80,18 +80,20 @@ class Publisher:
 
     async def write_around(
         self, event: Event, envelope: Envelope, item: object, timeout: float | None, immediate: bool
-    ) -> str | None:
+    ) -> tuple[str, Envelope] | None:
         """``write`` within the middleware's ``on_publish`` hooks; the transport's id of
-        the event, None when a middleware did not pass it on."""
-        stored: list[str] = []
+        the event and its envelope (with the headers a middleware added), None when a
+        middleware did not pass it on."""
+        written: list[tuple[str, Envelope]] = []
 
-        async def write() -> None:
-            stored.append(await self.write(event, envelope, item, timeout, immediate))
+        async def write(event: Event, final: Envelope) -> None:
+            packed = item if final is envelope else None  # headers added: pack it again
+            written.append((await self.write(event, final, packed, timeout, immediate), final))
 
         await run_around(self._on_publish, (event, envelope), write)
-        return stored[0] if stored else None
+        return written[0] if written else None
 
-    async def write_many(self, batch: Batch, timeout: float | None) -> None:
+    async def write_many(self, batch: Batch, timeout: float | None) -> list[Envelope]:
         """Hand a batch over, every event encoded before any is sent; then run the
         immediate subscribers of every event, raising the first failure after all ran."""
         items = [self.pack(event, envelope) for event, envelope in batch]
@@ -101,26 +103,30 @@ class Publisher:
             await self._batch.publish_many(pairs, timeout=timeout)
             for event, envelope in batch:
                 self.observers.published_event(event, envelope)
-            written = batch
+            written, finals = batch, [envelope for _, envelope in batch]
         else:
-            written = await self._write_each(batch, items, timeout)
+            written, finals = await self._write_each(batch, items, timeout)
         await self._run_immediate(written)
+        return finals
 
-    async def stage(self, outbox: OutboxStore, transaction: object, batch: Batch) -> None:
+    async def stage(self, outbox: OutboxStore, transaction: object, batch: Batch) -> list[Envelope]:
         """Write the batch into ``outbox`` within the application's ``transaction`` (each
         event within the middleware's ``on_publish`` hooks, when there are any), tell the
         observers, then run the immediate subscribers of every event (inside the open
-        transaction: it may still roll back)."""
+        transaction: it may still roll back). Returns the envelopes, with the headers a
+        middleware added."""
         written: Batch = []
+        finals = [envelope for _, envelope in batch]
         if self._on_publish:
-            for event, envelope in batch:
+            for index, pair in enumerate(batch):
 
-                async def write(event: Event = event, envelope: Envelope = envelope) -> None:
+                async def write(event: Event, envelope: Envelope, at: int = index) -> None:
                     message = self._codec.encode(event, envelope)
                     await outbox.write(transaction, [(envelope.name, message)])
                     written.append((event, envelope))
+                    finals[at] = envelope
 
-                await run_around(self._on_publish, (event, envelope), write)
+                await run_around(self._on_publish, pair, write)
         else:
             encode = self._codec.encode
             await outbox.write(transaction, [(env.name, encode(e, env)) for e, env in batch])
@@ -129,6 +135,7 @@ class Publisher:
             for event, envelope in written:
                 self.observers.published_event(event, envelope)
         await self._run_immediate(written)
+        return finals
 
     async def _run_immediate(self, batch: Batch) -> None:
         """Run the immediate subscribers of every event, raising the first failure after
@@ -144,19 +151,30 @@ class Publisher:
         if first is not None:
             raise first
 
-    async def _write_each(self, batch: Batch, items: list[object], timeout: float | None) -> Batch:
+    async def _write_each(
+        self, batch: Batch, items: list[object], timeout: float | None
+    ) -> tuple[Batch, list[Envelope]]:
         """Hand the events over one by one: the observers hear of each as it is accepted.
-        Return those handed over (a middleware may keep one back). A failure counts the
-        events handed over before it (``stored``, ``stored_ids``)."""
-        write = self.write_around if self._on_publish else self.write
+        Return those handed over (a middleware may keep one back), and every event's
+        envelope (with the headers a middleware added). A failure counts the events
+        handed over before it (``stored``, ``stored_ids``)."""
         ids: list[str | None] = []
+        written: Batch = []
+        finals = [envelope for _, envelope in batch]
         for (event, envelope), item in zip(batch, items, strict=True):
             try:
-                ids.append(await write(event, envelope, item, timeout, False))
+                if self._on_publish:
+                    done = await self.write_around(event, envelope, item, timeout, False)
+                else:
+                    done = (await self.write(event, envelope, item, timeout, False), envelope)
             except PublishOutcomeUnknownError as exc:
                 exc.stored += len(ids)
                 raise
             except PublishRefusedError as exc:
                 exc.stored_ids = (*ids, *exc.stored_ids)
                 raise
-        return [pair for pair, stored in zip(batch, ids, strict=True) if stored is not None]
+            ids.append(None if done is None else done[0])
+            if done is not None:
+                written.append((event, done[1]))
+                finals[len(ids) - 1] = done[1]
+        return written, finals
