@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install --quiet -e ".[redis,outbox,examples]" --group dev
+	$(BIN)/python -m pip install --quiet -e ".[redis,outbox,opentelemetry,examples]" --group dev
 	touch $(STAMP)
 
 test: $(STAMP) lint typecheck pytest

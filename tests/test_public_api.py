@@ -54,6 +54,7 @@ EXPECTED_ALL = {
     },
     "eventbus.testing": {"Captured", "VirtualClock", "capture", "drain"},
     "eventbus.outbox": {"Inbox", "Outbox"},
+    "eventbus.opentelemetry": {"OpenTelemetryMiddleware"},
     "eventbus.transports": {
         "BatchPublishing",
         "Connection",
