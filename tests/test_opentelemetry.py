@@ -3,10 +3,13 @@ envelope's headers, and the messaging metrics, read with the SDK's in-memory rea
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -18,7 +21,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from eventbus import Context, EventBus, InMemoryTransport, RetryPolicy
 from eventbus.opentelemetry import OpenTelemetryMiddleware
 from eventbus.testing import drain
+from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated, OrderPaid
+from tests.redis_server import RedisServer
+from tests.test_worker_cli import Process
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +168,36 @@ def test_import_eventbus_does_not_import_opentelemetry() -> None:
     code = "import sys, eventbus; assert 'opentelemetry' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_one_trace_across_two_processes_on_redis(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Published here, handled by a worker process: its process span is a child of this
+    process's send span, in the same trace."""
+    telemetry = Telemetry()
+    spans_file = tmp_path / "worker-spans"
+    env = {
+        "EVENTBUS_TEST_REDIS_URL": redis_server.url,
+        "EVENTBUS_TEST_PREFIX": f"otel{secrets.token_hex(3)}",
+        "EVENTBUS_TEST_LEDGER": str(tmp_path / "ledger"),
+        "EVENTBUS_TEST_SPANS": str(spans_file),
+    }
+    worker = Process(tmp_path, env, "tests.worker_app:traced")
+    transport = RedisTransport(redis_server.url, prefix=env["EVENTBUS_TEST_PREFIX"])
+
+    async def publish() -> None:
+        await wait_for(lambda: worker.ready(), 20, "the worker")
+        async with EventBus(transport=transport, middleware=[telemetry.middleware()]) as bus:
+            await bus.publish(OrderCreated(order_id="o-1"))
+        await wait_for(lambda: spans_file.exists() and "process" in spans_file.read_text(),
+                       20, "the worker's span")  # fmt: skip
+
+    try:
+        anyio.run(publish)
+    finally:
+        worker.stop()
+    (send,) = telemetry.spans.get_finished_spans()
+    assert send.context is not None
+    trace_id, parent, *name = spans_file.read_text().splitlines()[0].split()
+    assert name == ["process", "OrderCreated"]
+    assert trace_id == f"{send.context.trace_id:032x}"
+    assert parent == f"{send.context.span_id:016x}"

@@ -27,12 +27,12 @@ to the ledger, as an application would open and close its database pool.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
 
-from eventbus import EventBus, RetryPolicy
+from eventbus import EventBus, Middleware, RetryPolicy
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated
 
@@ -54,7 +54,7 @@ def _number(name: str, default: str) -> float:
     return float(os.environ.get(f"EVENTBUS_TEST_{name}", default))
 
 
-def make_bus() -> EventBus:
+def make_bus(middleware: Sequence[Middleware] = ()) -> EventBus:
     """The bus of one worker process."""
     transport = RedisTransport(
         os.environ["EVENTBUS_TEST_REDIS_URL"],
@@ -66,6 +66,7 @@ def make_bus() -> EventBus:
     )
     bus = EventBus(
         transport=transport,
+        middleware=middleware,
         newer_versions=RetryPolicy.none(),  # a newer version goes to the dead letters at once
         shutdown_grace=_number("GRACE", "5"),
         max_payload_bytes=int(_number("MAX_PAYLOAD", str(1024 * 1024))),
@@ -140,3 +141,29 @@ def in_memory() -> EventBus:
         pass
 
     return bus
+
+
+def traced() -> EventBus:
+    """``make_bus()`` traced with OpenTelemetry; each finished span is appended to the
+    file ``EVENTBUS_TEST_SPANS`` as ``trace_id parent_span_id name``."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from eventbus.opentelemetry import OpenTelemetryMiddleware
+
+    class FileExporter(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            with open(os.environ["EVENTBUS_TEST_SPANS"], "a") as out:
+                for span in spans:
+                    assert span.context is not None
+                    parent = f"{span.parent.span_id:016x}" if span.parent else "-"
+                    out.write(f"{span.context.trace_id:032x} {parent} {span.name}\n")
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+    return make_bus(middleware=[OpenTelemetryMiddleware(tracer_provider=provider)])
