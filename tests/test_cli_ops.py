@@ -152,7 +152,10 @@ def test_inspect_shows_the_lag_of_groups_nobody_serves(redis_server: RedisServer
     rows = {row["group"]: row for row in json.loads(result.stdout)}
     assert {g: r["waiting"] for g, r in rows.items()} == {"email": 3, "stock": 3}
     table = cli(env, "inspect", "tests.worker_app:two_groups").stdout.splitlines()
-    assert table[0].split() == ["event", "group", "waiting", "in_flight", "scheduled", "dead"]
+    assert table[0].split() == [
+        "event", "group", "waiting", "in_flight", "oldest_pending_s", "scheduled", "dead",
+        "length", "consumers",
+    ]  # fmt: skip
 
 
 def test_groups_are_listed_reset_and_deleted_with_a_confirmation(

@@ -33,8 +33,8 @@ async def test_inspect_shows_each_group_after_work_and_failures() -> None:
         await drain(bus, reraise=False)
         stats = await bus.inspect()
     assert stats == [
-        GroupStats("OrderCreated", "email", waiting=0, in_flight=0, scheduled=0, dead_letters=1),
-        GroupStats("OrderPaid", "shipping", waiting=0, in_flight=0, scheduled=0, dead_letters=0),
+        GroupStats("OrderCreated", "email", 0, 0, 0, 1, stream_length=2, consumers=1),
+        GroupStats("OrderPaid", "shipping", 0, 0, 0, 0, stream_length=1, consumers=1),
     ]
 
 

@@ -360,3 +360,22 @@ async def test_inspect_shows_what_waits_for_a_stopped_group_on_redis(
     email, audited = stats["OrderCreated", "email"], stats["OrderPaid", "audit"]
     assert (email.waiting, email.in_flight, email.scheduled, email.dead_letters) == (3, 0, 0, 0)
     assert (audited.waiting, audited.in_flight, audited.dead_letters) == (0, 0, 1)
+
+
+async def test_inspect_on_redis_gives_length_consumers_and_the_oldest_pending_age(
+    transport: RedisTransport,
+) -> None:
+    """An entry held unacknowledged: the age of the oldest pending entry, the consumer."""
+    conn = await transport.connect()
+    try:
+        sub = await conn.subscribe("OrderCreated", "email")
+        await conn.publish("OrderCreated", Message(b"{}", {"id": "a"}))
+        await conn.publish("OrderCreated", Message(b"{}", {"id": "b"}))
+        held = await sub.receive()
+        assert held is not None
+        (stats,) = await conn.inspect()
+    finally:
+        await conn.aclose()
+    assert (stats.stream_length, stats.consumers, stats.in_flight) == (2, 1, 2)
+    assert stats.oldest_pending_age is not None
+    assert 0 <= stats.oldest_pending_age < 60

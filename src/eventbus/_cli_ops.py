@@ -102,7 +102,7 @@ async def inspect_groups(bus: EventBus, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2), flush=True)
         else:
-            _print_table(rows, ["event", "group", "waiting", "in_flight", "scheduled", "dead"])
+            _print_table(rows, ["event", "group", *_FIGURES])
         if args.watch is None:
             return 0
         sys.stdout.flush()
@@ -116,7 +116,7 @@ async def groups(bus: EventBus, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            _print_table(rows, ["group", "event", "waiting", "in_flight", "scheduled", "dead"])
+            _print_table(rows, ["group", "event", *_FIGURES])
         return 0
     if not args.group:
         print(f"eventbus groups {args.action}: name the group")
@@ -266,14 +266,21 @@ def _print_table(rows: Sequence[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
+_FIGURES = ["waiting", "in_flight", "oldest_pending_s", "scheduled", "dead", "length", "consumers"]
+
+
 def _stats(stats: GroupStats) -> dict[str, Any]:
+    age = stats.oldest_pending_age
     return {
         "event": stats.topic,
         "group": stats.group,
         "waiting": stats.waiting,
         "in_flight": stats.in_flight,
+        "oldest_pending_s": "-" if age is None else round(age, 3),
         "scheduled": stats.scheduled,
         "dead": stats.dead_letters,
+        "length": "-" if stats.stream_length is None else stats.stream_length,
+        "consumers": "-" if stats.consumers is None else stats.consumers,
     }
 
 

@@ -166,6 +166,10 @@ class GroupStats:
     - ``in_flight``: delivered to a consumer and not yet settled (pending).
     - ``scheduled``: waiting for a retry's delay to pass.
     - ``dead_letters``: kept among the group's dead letters.
+    - ``stream_length``: messages the transport keeps for the topic (None: not known).
+    - ``consumers``: consumers the group has (None: not known).
+    - ``oldest_pending_age``: seconds since the oldest message in flight was published
+      (None: nothing in flight, or not known).
     """
 
     topic: str
@@ -174,6 +178,9 @@ class GroupStats:
     in_flight: int
     scheduled: int
     dead_letters: int
+    stream_length: int | None = None
+    consumers: int | None = None
+    oldest_pending_age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

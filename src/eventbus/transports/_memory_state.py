@@ -263,6 +263,8 @@ class MemoryState:
                 sum(len(held) for held in g.members),
                 len(g.retries),
                 dead.get((t, n), 0),
+                stream_length=len(self.history.get(t, ())),
+                consumers=len(g.members),
             )
             for t, groups in sorted(self.groups.items())
             for n, g in sorted(groups.items())

@@ -277,10 +277,20 @@ class RedisConnection:
 
     async def _stats(self, topic: str, group: str) -> GroupStats:
         keys = self.state.keys(topic, group)
-        waiting, in_flight, scheduled, dead = await self.state.scripts.stats(
+        (
+            waiting,
+            in_flight,
+            scheduled,
+            dead,
+            length,
+            consumers,
+            oldest,
+        ) = await self.state.scripts.stats(
             keys=[keys.stream, keys.redeliver, keys.retry, keys.dead], args=[group]
         )
-        return GroupStats(topic, group, int(waiting), int(in_flight), int(scheduled), int(dead))
+        age = None if int(oldest) < 0 else int(oldest) / 1000
+        counts = (int(waiting), int(in_flight), int(scheduled), int(dead))
+        return GroupStats(topic, group, *counts, int(length), int(consumers), age)
 
     async def dead_letters(self, group: str | None = None) -> list[StoredDeadLetter]:
         """Every dead letter of ``group`` (all groups when None), oldest first."""

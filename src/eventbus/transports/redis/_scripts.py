@@ -273,10 +273,25 @@ local function counts(key, group)
   end
   return 0, 0
 end
+local function consumers(key, group)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  return #redis.call('XINFO', 'CONSUMERS', key, group)
+end
+local function oldest(key, group)  -- ms since the oldest pending entry was added, or -1
+  if redis.call('EXISTS', key) == 0 then return -1 end
+  local first = redis.call('XPENDING', key, group, '-', '+', 1)
+  if #first == 0 then return -1 end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return now - tonumber(string.match(first[1][1], '^(%d+)'))
+end
 local waiting, pending = counts(KEYS[1], ARGV[1])
 local waiting2, pending2 = counts(KEYS[2], ARGV[1])
+local length = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then length = redis.call('XLEN', KEYS[1]) end
 return {waiting + waiting2, pending + pending2, redis.call('ZCARD', KEYS[3]),
-        redis.call('XLEN', KEYS[4])}
+        redis.call('XLEN', KEYS[4]), length, consumers(KEYS[1], ARGV[1]),
+        oldest(KEYS[1], ARGV[1])}
 """
 
 # KEYS: stream. ARGV: group, consumer, min idle ms, cursor, count.
