@@ -201,3 +201,41 @@ def test_one_trace_across_two_processes_on_redis(redis_server: RedisServer, tmp_
     assert name == ["process", "OrderCreated"]
     assert trace_id == f"{send.context.trace_id:032x}"
     assert parent == f"{send.context.span_id:016x}"
+
+
+async def test_the_group_gauges_report_what_refresh_read(telemetry: Telemetry) -> None:
+    """A group nobody consumes for: its lag gauge reads 2 after a refresh."""
+    middleware = telemetry.middleware()
+    bus = EventBus(middleware=[middleware], consume=False)
+
+    @bus.subscribe(group="email")
+    async def send(event: OrderCreated) -> None:
+        pass
+
+    async with bus:
+        await bus.publish_many([OrderCreated(order_id="o-1"), OrderCreated(order_id="o-2")])
+        await middleware.refresh(bus)
+    (lag,) = telemetry.points("eventbus.group.lag")
+    assert lag.value == 2
+    assert lag.attributes["messaging.consumer.group.name"] == "email"
+    assert telemetry.points("eventbus.group.oldest_pending_age") == []  # nothing in flight
+
+
+async def test_observe_keeps_the_gauges_current(telemetry: Telemetry) -> None:
+    """observe(bus, every) in a task of the bus refreshes the gauges until cancelled."""
+    middleware = telemetry.middleware()
+    bus = EventBus(middleware=[middleware], consume=False)
+
+    @bus.subscribe(group="email")
+    async def send(event: OrderCreated) -> None:
+        pass
+
+    async with bus, anyio.create_task_group() as tasks:
+        tasks.start_soon(middleware.observe, bus, 0.01)
+        await bus.publish(OrderCreated(order_id="o-1"))
+
+        def lag_is_one() -> bool:
+            return [p.value for p in telemetry.points("eventbus.group.lag")] == [1]
+
+        await wait_for(lag_is_one, 5, "the gauge to read 1")
+        tasks.cancel_scope.cancel()

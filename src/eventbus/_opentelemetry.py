@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.metrics import Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ._bus import EventBus
 from ._context import Context
 from ._envelope import Envelope
+from ._errors import EventBusError
 from ._event import Event
 from ._middleware import Middleware, Next
+from .transports._contract import GroupStats
 
 __all__ = ["OpenTelemetryMiddleware"]
 
@@ -31,6 +38,9 @@ class OpenTelemetryMiddleware(Middleware):
       ``messaging.message.id``, ``messaging.message.conversation_id`` (the correlation
       id) and ``eventbus.attempt``; a failed attempt records the exception, sets the
       status to ERROR and ``error.type`` to the exception's qualified type.
+    - Per-group gauges ``eventbus.group.lag``, ``.pending``, ``.oldest_pending_age``,
+      ``.scheduled`` and ``.dead_letters`` report what ``refresh(bus)`` last read
+      (``observe(bus, every=15)`` refreshes them in a task of the running bus).
     - No payload is ever recorded: events carry personal data.
     """
 
@@ -48,6 +58,39 @@ class OpenTelemetryMiddleware(Middleware):
         self._duration = meter.create_histogram(
             "messaging.process.duration", unit="s", description="handler attempt duration"
         )
+        self._groups: list[GroupStats] = []
+        for name, unit, read in _GAUGES:
+            meter.create_observable_gauge(
+                name, callbacks=[self._gauge(read)], unit=unit, description=name
+            )
+
+    async def refresh(self, bus: EventBus) -> None:
+        """Read every group's state (``bus.inspect()``) for the per-group gauges."""
+        self._groups = list(await bus.inspect())
+
+    async def observe(self, bus: EventBus, every: float = 15.0) -> None:
+        """``refresh()`` every ``every`` seconds until cancelled; run it in a task of the
+        running bus. A failed read is skipped (the gauges keep the last values)."""
+        while True:
+            with contextlib.suppress(EventBusError):
+                await self.refresh(bus)
+            await anyio.sleep(every)
+
+    def _gauge(self, read: Callable[[GroupStats], float | None]) -> Callable[..., Any]:
+        def observe(options: Any) -> list[Observation]:
+            out = []
+            for stats in self._groups:
+                value = read(stats)
+                if value is not None:
+                    attributes = {
+                        "messaging.system": _SYSTEM,
+                        "messaging.destination.name": stats.topic,
+                        "messaging.consumer.group.name": stats.group,
+                    }
+                    out.append(Observation(value, attributes))
+            return out
+
+        return observe
 
     async def on_publish(self, event: Event, envelope: Envelope, call_next: Next) -> None:
         """A PRODUCER span around the publish; its context goes out in the headers."""
@@ -91,6 +134,15 @@ class OpenTelemetryMiddleware(Middleware):
                 raise
             finally:
                 self._duration.record(time.perf_counter() - started, metric_attributes)
+
+
+_GAUGES: list[tuple[str, str, Callable[[GroupStats], float | None]]] = [
+    ("eventbus.group.lag", "{message}", lambda s: s.waiting),
+    ("eventbus.group.pending", "{message}", lambda s: s.in_flight),
+    ("eventbus.group.oldest_pending_age", "s", lambda s: s.oldest_pending_age),
+    ("eventbus.group.scheduled", "{message}", lambda s: s.scheduled),
+    ("eventbus.group.dead_letters", "{message}", lambda s: s.dead_letters),
+]
 
 
 def _attributes(envelope: Envelope, operation: str) -> dict[str, Any]:
