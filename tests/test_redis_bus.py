@@ -365,7 +365,7 @@ async def test_inspect_shows_what_waits_for_a_stopped_group_on_redis(
 async def test_inspect_on_redis_gives_length_consumers_and_the_oldest_pending_age(
     transport: RedisTransport,
 ) -> None:
-    """An entry held unacknowledged: the age of the oldest pending entry, the consumer."""
+    """An entry held unacknowledged: the oldest pending entry's age, the consumer's idle."""
     conn = await transport.connect()
     try:
         sub = await conn.subscribe("OrderCreated", "email")
@@ -379,3 +379,6 @@ async def test_inspect_on_redis_gives_length_consumers_and_the_oldest_pending_ag
     assert (stats.stream_length, stats.consumers, stats.in_flight) == (2, 1, 2)
     assert stats.oldest_pending_age is not None
     assert 0 <= stats.oldest_pending_age < 60
+    ((name, idle),) = stats.idle
+    assert name  # the connection's consumer name
+    assert 0 <= idle < 60

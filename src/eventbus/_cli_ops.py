@@ -281,6 +281,7 @@ def _stats(stats: GroupStats) -> dict[str, Any]:
         "dead": stats.dead_letters,
         "length": "-" if stats.stream_length is None else stats.stream_length,
         "consumers": "-" if stats.consumers is None else stats.consumers,
+        "idle_s": {name: round(seconds, 3) for name, seconds in stats.idle},
     }
 
 

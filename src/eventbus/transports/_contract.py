@@ -170,6 +170,8 @@ class GroupStats:
     - ``consumers``: consumers the group has (None: not known).
     - ``oldest_pending_age``: seconds since the oldest message in flight was published
       (None: nothing in flight, or not known).
+    - ``idle``: each consumer's name and the seconds since it last read or settled
+      (empty: not known).
     """
 
     topic: str
@@ -181,6 +183,7 @@ class GroupStats:
     stream_length: int | None = None
     consumers: int | None = None
     oldest_pending_age: float | None = None
+    idle: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,7 +290,9 @@ class RedisConnection:
         )
         age = None if int(oldest) < 0 else int(oldest) / 1000
         counts = (int(waiting), int(in_flight), int(scheduled), int(dead))
-        return GroupStats(topic, group, *counts, int(length), int(consumers), age)
+        pairs = zip(consumers[::2], consumers[1::2], strict=True)
+        idle = tuple((name.decode(), int(ms) / 1000) for name, ms in pairs)
+        return GroupStats(topic, group, *counts, int(length), len(idle), age, idle)
 
     async def dead_letters(self, group: str | None = None) -> list[StoredDeadLetter]:
         """Every dead letter of ``group`` (all groups when None), oldest first."""

@@ -273,9 +273,16 @@ local function counts(key, group)
   end
   return 0, 0
 end
-local function consumers(key, group)
-  if redis.call('EXISTS', key) == 0 then return 0 end
-  return #redis.call('XINFO', 'CONSUMERS', key, group)
+local function consumers(key, group)  -- {name, idle ms, name, idle ms, ...}
+  local out = {}
+  if redis.call('EXISTS', key) == 0 then return out end
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', key, group)) do
+    local t = {}
+    for i = 1, #c, 2 do t[c[i]] = c[i + 1] end
+    out[#out + 1] = t['name']
+    out[#out + 1] = t['idle']
+  end
+  return out
 end
 local function oldest(key, group)  -- ms since the oldest pending entry was added, or -1
   if redis.call('EXISTS', key) == 0 then return -1 end
