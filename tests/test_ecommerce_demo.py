@@ -120,3 +120,13 @@ def test_the_command_line_refuses_what_cannot_work(args: tuple[str, ...], messag
     result = run(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_the_demo_prints_the_first_orders_trace() -> None:
+    """demo --trace ends with Ada's order's trace: send, then a process span per group."""
+    result = run("demo", "--trace")
+    assert result.returncode == 0, result.stderr
+    trace = result.stdout.split("The trace of the first OrderCreated")[1].splitlines()
+    assert trace[1].strip().startswith("send OrderCreated")
+    groups = {line.split("group ")[1].split(",")[0] for line in trace if "group " in line}
+    assert groups == {"products", "email", "analytics"}

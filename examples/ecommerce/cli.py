@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--log-level", default="critical", help="default: critical (the timeline shows the rest)"
     )
+    demo.add_argument(
+        "--trace", action="store_true", help="print the first order's OpenTelemetry trace"
+    )
     serve = commands.add_parser("serve", parents=[common], help="run the HTTP API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -82,7 +85,10 @@ def _colour() -> bool:
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> None:
     from examples.ecommerce.demo import demo_settings, run_demo
 
-    anyio.run(functools.partial(run_demo, demo_settings(settings), sys.stdout, colour=_colour()))
+    demo = functools.partial(
+        run_demo, demo_settings(settings), sys.stdout, colour=_colour(), trace=args.trace
+    )
+    anyio.run(demo)
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> None:

@@ -53,10 +53,16 @@ def demo_settings(base: Settings) -> Settings:
     )
 
 
-async def run_demo(settings: Settings, out: TextIO, *, colour: bool) -> None:
-    """Run the story on ``settings`` (see ``demo_settings``) and print it to ``out``."""
+async def run_demo(settings: Settings, out: TextIO, *, colour: bool, trace: bool = False) -> None:
+    """Run the story on ``settings`` (see ``demo_settings``) and print it to ``out``;
+    with ``trace``, print the OpenTelemetry trace of the first order at the end."""
     timeline = Timeline(out, colour=colour)
-    shop = Shop(settings, middleware=[timeline])
+    recorder = None
+    if trace:
+        from examples.ecommerce.tracing import TraceRecorder  # needs opentelemetry-sdk
+
+        recorder = TraceRecorder()
+    shop = Shop(settings, middleware=[timeline, *([recorder.middleware] if recorder else [])])
     timeline.watch(shop.bus.subscribers)
     app = create_app(shop=shop)
     print(_banner(shop), file=out)
@@ -65,6 +71,8 @@ async def run_demo(settings: Settings, out: TextIO, *, colour: bool) -> None:
         story = Story(Api(http, timeline, settings.admin_token), shop)
         await story.run()
         await print_summary(story.api.get, story.orders, "Mallory", timeline.counts, out)
+    if recorder is not None:
+        recorder.print_first("OrderCreated", out)
     if settings.redis_url:
         await _delete_keys(settings.redis_url, settings.redis_prefix)
 
