@@ -325,12 +325,9 @@ class EventBus(Operations):
         publisher = self._publisher
         if publisher is None:
             raise self._not_running()
-        if transaction is not None:
-            staged = await self._stage(
-                publisher, transaction, [event], headers, correlation_id, causation_id
-            )
-            return staged[0]
         envelope = self._envelopes.make(event, headers, correlation_id, causation_id)
+        if transaction is not None:
+            return (await self._stage(publisher, transaction, [(event, envelope)]))[0]
         if self._on_publish:
             done = await publisher.write_around(event, envelope, None, timeout, True)
             return envelope if done is None else done[1]
@@ -382,22 +379,14 @@ class EventBus(Operations):
         publisher = self._publisher
         if publisher is None:
             raise self._not_running()
-        if transaction is not None:
-            return await self._stage(
-                publisher, transaction, events, headers, correlation_id, causation_id
-            )
         make = self._envelopes.make
         batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
+        if transaction is not None:
+            return await self._stage(publisher, transaction, batch)
         return await publisher.write_many(batch, timeout)
 
     async def _stage(
-        self,
-        publisher: Publisher,
-        transaction: object,
-        events: Iterable[Event],
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        causation_id: str | None,
+        self, publisher: Publisher, transaction: object, batch: list[tuple[Event, Envelope]]
     ) -> list[Envelope]:
         """Write events into the outbox within the application's transaction."""
         if self._outbox is None:
@@ -405,8 +394,6 @@ class EventBus(Operations):
                 "publish(transaction=...) needs a bus with an outbox: "
                 "EventBus(..., outbox=Outbox(engine)) (from eventbus.outbox import Outbox)"
             )
-        make = self._envelopes.make
-        batch = [(e, make(e, headers, correlation_id, causation_id)) for e in events]
         return await publisher.stage(self._outbox, transaction, batch)
 
     # -- waiting and dead letters -----------------------------------------------------
