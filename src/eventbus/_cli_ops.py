@@ -98,11 +98,7 @@ async def dead_letters(bus: EventBus, args: argparse.Namespace) -> int:
 async def inspect_groups(bus: EventBus, args: argparse.Namespace) -> int:
     """Print every group's state (again every ``--watch`` seconds, until interrupted)."""
     while True:
-        rows = [_stats(s) for s in await bus.inspect()]
-        if args.json:
-            print(json.dumps(rows, indent=2), flush=True)
-        else:
-            _print_table(rows, ["event", "group", *_FIGURES])
+        await _print_groups(bus, args.json, ["event", "group", *_FIGURES])
         if args.watch is None:
             return 0
         sys.stdout.flush()
@@ -112,11 +108,7 @@ async def inspect_groups(bus: EventBus, args: argparse.Namespace) -> int:
 async def groups(bus: EventBus, args: argparse.Namespace) -> int:
     """List the groups, or delete or reset one (with ``--yes``)."""
     if args.action == "list":
-        rows = [_stats(s) for s in await bus.inspect()]
-        if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            _print_table(rows, ["group", "event", *_FIGURES])
+        await _print_groups(bus, args.json, ["group", "event", *_FIGURES])
         return 0
     if not args.group:
         print(f"eventbus groups {args.action}: name the group")
@@ -257,6 +249,15 @@ def _print_list(letters: Sequence[DeadLetter], as_json: bool) -> None:
         return
     _print_table(rows, ["id", "group", "event", "reason", "attempts", "last_failed_at"])
     print(f"{len(rows)} dead letter(s)")
+
+
+async def _print_groups(bus: EventBus, as_json: bool, columns: list[str]) -> None:
+    """Every group's figures (``bus.inspect()``), as JSON or as a table of ``columns``."""
+    rows = [_stats(s) for s in await bus.inspect()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, columns)
 
 
 def _print_table(rows: Sequence[dict[str, Any]], columns: list[str]) -> None:
