@@ -94,7 +94,8 @@ class OpenTelemetryMiddleware(Middleware):
 
     async def on_publish(self, event: Event, envelope: Envelope, call_next: Next) -> None:
         """A PRODUCER span around the publish; its context goes out in the headers."""
-        attributes = _attributes(envelope, "send")
+        metric_attributes = _metric_attributes(envelope, "send")
+        attributes = _span_attributes(envelope, metric_attributes)
         with self._tracer.start_as_current_span(
             f"send {envelope.name}", kind=SpanKind.PRODUCER, attributes=attributes
         ) as span:
@@ -105,20 +106,19 @@ class OpenTelemetryMiddleware(Middleware):
             except Exception as exc:
                 _failed(span, exc)
                 raise
-        self._sent.add(1, _metric_attributes(envelope, "send"))
+        self._sent.add(1, metric_attributes)
 
     async def on_handle(self, event: Event, context: Context, call_next: Next) -> None:
         """A CONSUMER span around one attempt, a child of the publisher's context."""
         envelope = context.envelope
         parent = propagate.extract(dict(envelope.headers))
-        attributes = {
-            **_attributes(envelope, "process"),
-            "messaging.consumer.group.name": context.group,
-            "eventbus.attempt": context.attempt,
-        }
         metric_attributes = {
             **_metric_attributes(envelope, "process"),
             "messaging.consumer.group.name": context.group,
+        }
+        attributes = {
+            **_span_attributes(envelope, metric_attributes),
+            "eventbus.attempt": context.attempt,
         }
         self._consumed.add(1, metric_attributes)
         started = time.perf_counter()
@@ -145,9 +145,10 @@ _GAUGES: list[tuple[str, str, Callable[[GroupStats], float | None]]] = [
 ]
 
 
-def _attributes(envelope: Envelope, operation: str) -> dict[str, Any]:
+def _span_attributes(envelope: Envelope, metric_attributes: dict[str, Any]) -> dict[str, Any]:
+    """A span's attributes: the metric attributes and the message's ids."""
     return {
-        **_metric_attributes(envelope, operation),
+        **metric_attributes,
         "messaging.message.id": envelope.id,
         "messaging.message.conversation_id": envelope.correlation_id,
     }

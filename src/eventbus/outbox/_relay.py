@@ -55,10 +55,9 @@ class Relay:
         self._sqlite = engine.dialect.name == "sqlite"
         self._bad: set[int] = set()
         """Positions of rows that are not messages: logged once, left for an operator."""
-        sqlite = self._sqlite
         # SQLite: a write first takes the database's write lock for the whole batch
         self._take_lock = (
-            update(table).where(false()).values(position=table.c.position) if sqlite else None
+            update(table).where(false()).values(position=table.c.position) if self._sqlite else None
         )
 
     def committed(self, conn: SyncConnection) -> None:
