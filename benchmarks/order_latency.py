@@ -3,7 +3,9 @@
 One client sends N orders (default 1,000, after 50 unmeasured warm-up orders), one at a
 time, to the example's real app in this process (httpx's ASGI transport: no socket, the
 same for every variant); the time of each request is measured around its ``await``
-with ``time.perf_counter``. Four variants, each on a fresh app and database:
+with ``time.perf_counter``. The orders module saves each order in its own database
+(SQLite through aiosqlite, or PostgreSQL through asyncpg). Variants, each on a fresh app
+and database:
 
 - **floor**: the same endpoint with publishing off: it only saves the order;
 - **event-driven, in memory**: saves, publishes ``OrderCreated`` and answers; the
@@ -11,14 +13,21 @@ with ``time.perf_counter``. Four variants, each on a fresh app and database:
 - **event-driven, Redis**: the same on a private ``redis-server`` that this script
   starts on a free port (append-only, fsync every second) and stops; consumers in the
   same process read from Redis;
+- **outbox, ...**: the example's default: the order and its event written in one
+  transaction, the bus's relay publishing the event once committed;
 - **blocking**: the seed's design, every consumer called inside the request (the same
-  handlers, made immediate).
+  handlers, made immediate);
+- **PostgreSQL floor** and **PostgreSQL outbox, Redis**: the orders database on the
+  machine's PostgreSQL server (``EVENTBUS_BENCH_POSTGRES``, default
+  ``postgresql://postgres@127.0.0.1:5432``; a database created for the run and dropped);
+  skipped when the server is not reachable.
 
 Consumers cost what a middleware makes them wait, in every variant: email 50 ms, stock
 3 ms, analytics 2 ms per order. For the event-driven variants the table also gives how
 long the consumers took to finish the backlog after the last answer. Targets: p50 within
-1 ms of the floor in memory and within 2 ms on Redis; the blocking p50 at least the
-consumers' cost above the floor.
+1 ms of the floor in memory and within 2 ms on Redis; through the outbox on PostgreSQL,
+within 2 ms of the PostgreSQL floor; the blocking p50 at least the consumers' cost above
+the floor.
 
 Run it from the repository's root::
 
@@ -40,12 +49,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
+import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +74,8 @@ WARM_UP = 50
 COSTS = {"email": 0.050, "products": 0.003, "analytics": 0.002}  # seconds per order
 TARGET_MEMORY_MS = 1.0
 TARGET_REDIS_MS = 2.0
+TARGET_OUTBOX_PG_MS = 2.0
+PG_SERVER = os.environ.get("EVENTBUS_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 ORDER = {
     "items": [{"sku": "MUG-01", "quantity": 1}, {"sku": "TEE-01", "quantity": 2}],
     "ship_to": {
@@ -93,13 +105,15 @@ class Result:
     name: str
     latencies: list[float]
     backlog: float | None
+    floor: str = "floor"
+    """The name of the variant this one is compared with."""
 
     def percentile(self, p: int) -> float:
         """The p-th percentile in milliseconds."""
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[p - 1] * 1000
 
 
-async def measure(name: str, settings: Settings, requests: int) -> Result:
+async def measure(name: str, settings: Settings, requests: int, floor: str) -> Result:
     """Send ``requests`` orders one at a time to a fresh app on ``settings``."""
     shop = Shop(settings, middleware=[SimulatedCost()])
     async with in_process(create_app(shop=shop)) as http:
@@ -112,7 +126,7 @@ async def measure(name: str, settings: Settings, requests: int) -> Result:
         answered = time.perf_counter()
         await shop.bus.drain(timeout=600)
         backlog = time.perf_counter() - answered if settings.delivery == "background" else None
-    return Result(name, latencies, backlog)
+    return Result(name, latencies, backlog, floor)
 
 
 async def log_in(http: httpx.AsyncClient) -> dict[str, str]:
@@ -169,42 +183,75 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)  # a process has no readiness event to wait on
 
 
-async def run(requests: int, redis_url: str | None) -> list[Result]:
-    """Every variant, one after the other."""
+@asynccontextmanager
+async def postgres() -> AsyncIterator[str | None]:
+    """A database of its own on the PostgreSQL server (None when it is not reachable)."""
+    name = f"eventbus_bench_{secrets.token_hex(4)}"
+    try:
+        admin = await asyncpg.connect(f"{PG_SERVER}/postgres", timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"PostgreSQL skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        yield None
+        return
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"{PG_SERVER.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def variants(redis_url: str | None, pg_url: str | None) -> list[tuple[str, Settings, str]]:
+    """Each variant: its name, its settings, and the floor it is compared with."""
     base = Settings(mail_fail_every=None)
-    variants = [
-        ("floor (saves the order only)", replace(base, delivery="off")),
-        ("event-driven, in memory", base),
+    direct = replace(base, outbox=False)
+    on_redis = {"redis_url": redis_url, "redis_prefix": f"bench-{secrets.token_hex(3)}"}
+    chosen = [
+        ("floor (saves the order only)", replace(base, delivery="off"), "floor"),
+        ("event-driven, in memory", direct, "floor"),
+        ("outbox, in memory", base, "floor"),
     ]
     if redis_url is not None:
-        prefix = f"bench-{secrets.token_hex(3)}"
-        variants.append(
-            ("event-driven, Redis", replace(base, redis_url=redis_url, redis_prefix=prefix))
-        )
-    variants.append(("blocking (consumers inline)", replace(base, delivery="inline")))
+        chosen.append(("event-driven, Redis", replace(direct, **on_redis), "floor"))
+        chosen.append(("outbox, Redis", replace(base, **on_redis), "floor"))
+    chosen.append(("blocking (consumers inline)", replace(direct, delivery="inline"), "floor"))
+    if pg_url is not None:
+        pg_floor = "PostgreSQL floor"
+        chosen.append((pg_floor, replace(base, orders_db=pg_url, delivery="off"), pg_floor))
+        if redis_url is not None:
+            outbox = replace(base, orders_db=pg_url, **on_redis)
+            chosen.append(("PostgreSQL outbox, Redis", outbox, pg_floor))
+    return chosen
+
+
+async def run(requests: int, redis_url: str | None) -> list[Result]:
+    """Every variant, one after the other."""
     results = []
-    for name, settings in variants:
-        print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        results.append(await measure(name, settings, requests))
+    async with postgres() as pg_url:
+        for name, settings, floor in variants(redis_url, pg_url):
+            print(f"measuring {name} ...", file=sys.stderr, flush=True)
+            results.append(await measure(name, settings, requests, floor))
     return results
 
 
 def report(results: Sequence[Result], requests: int, redis_missing: bool) -> None:
     """Print the table and whether each target is met."""
-    floor = results[0].percentile(50)
+    floors = {r.floor: r.percentile(50) for r in results if r.name.split(" (")[0] == r.floor}
     costs = ", ".join(f"{group} {cost * 1000:g} ms" for group, cost in COSTS.items())
     print(f"POST /orders, {requests} requests per variant, one client, in process (httpx ASGI)")
     print(f"simulated consumer costs per order: {costs}")
     print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs\n")
     print(f"{'variant':<30}{'p50 ms':>9}{'p99 ms':>9}{'p50 - floor':>13}{'backlog done':>14}")
+    by_name = {}
     for r in results:
-        over = "-" if r is results[0] else f"{r.percentile(50) - floor:+.2f}"
+        short = r.name.split(" (")[0]
+        by_name[short] = r.percentile(50) - floors[r.floor]
+        over = "-" if short == r.floor else f"{by_name[short]:+.2f}"
         backlog = "-" if r.backlog is None else f"{r.backlog:.1f} s"
         print(
             f"{r.name:<30}{r.percentile(50):>9.2f}{r.percentile(99):>9.2f}{over:>13}{backlog:>14}"
         )
     print()
-    by_name = {r.name.split(" (")[0]: r.percentile(50) - floor for r in results}
     verdict(
         "event-driven p50 in memory within 1 ms of the floor",
         by_name.get("event-driven, in memory"),
@@ -215,6 +262,11 @@ def report(results: Sequence[Result], requests: int, redis_missing: bool) -> Non
         None if redis_missing else by_name.get("event-driven, Redis"),
         lambda d: d <= TARGET_REDIS_MS,
     )
+    verdict(
+        "outbox p50 on PostgreSQL within 2 ms of the PostgreSQL floor",
+        by_name.get("PostgreSQL outbox, Redis"),
+        lambda d: d <= TARGET_OUTBOX_PG_MS,
+    )
     cost = sum(COSTS.values()) * 1000
     verdict(f"blocking p50 pays the consumers' {cost:g} ms over the floor",
             by_name.get("blocking"), lambda d: d >= cost)  # fmt: skip
@@ -223,7 +275,7 @@ def report(results: Sequence[Result], requests: int, redis_missing: bool) -> Non
 def verdict(target: str, over_floor: float | None, met: Callable[[float], bool]) -> None:
     """One 'met / not met' line."""
     if over_floor is None:
-        print(f"{target}: not measured (redis-server is not installed)")
+        print(f"{target}: not measured (redis-server or PostgreSQL is not available)")
     else:
         print(f"{target}: {'met' if met(over_floor) else 'NOT MET'} ({over_floor:+.2f} ms)")
 

@@ -34,21 +34,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
-import asyncpg
 from sqlalchemy import Column, MetaData, Numeric, String, Table
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from eventbus import Event, EventBus
 from eventbus.outbox import Outbox
 from eventbus.transports.redis import RedisTransport
-from order_latency import redis_server  # beside this script
+from order_latency import postgres, redis_server  # beside this script
 
-PG_SERVER = os.environ.get("EVENTBUS_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 TARGET_LATENCY_MS = 2.0
 TARGET_RELAY_PER_S = 5_000
 ROUNDS = 5
@@ -127,24 +123,6 @@ async def relay_rate(engine: AsyncEngine, redis_url: str, rows: int) -> float:
 def ms(values: list[float], p: int) -> float:
     """The p-th percentile in milliseconds."""
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1] * 1000
-
-
-@asynccontextmanager
-async def postgres() -> AsyncIterator[str | None]:
-    """A database of its own on the PostgreSQL server (None when it is not reachable)."""
-    name = f"eventbus_bench_{secrets.token_hex(4)}"
-    try:
-        admin = await asyncpg.connect(f"{PG_SERVER}/postgres", timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"PostgreSQL skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
-        yield None
-        return
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"{PG_SERVER.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def measure(name: str, url: str, redis_url: str, orders: int, rows: int) -> None:

@@ -22,6 +22,7 @@ from examples.ecommerce.inprocess import in_process
 from examples.ecommerce.modules.email import Mail, MailServerError
 from examples.ecommerce.settings import Settings
 from examples.ecommerce.shop import Shop
+from tests.databases import PostgresDatabase
 
 pytestmark = pytest.mark.anyio
 Next = Callable[[], Awaitable[None]]
@@ -152,9 +153,20 @@ class DownMail:
             raise MailServerError("connection refused")
 
 
-async def test_an_order_and_its_payment_reach_every_consumer() -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def orders_db(request: pytest.FixtureRequest) -> str | None:
+    """The orders database: the default SQLite file, or the test session's PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    postgres: PostgresDatabase = request.getfixturevalue("postgres_database")
+    if postgres.error is not None:
+        pytest.skip(postgres.error)
+    return postgres.url
+
+
+async def test_an_order_and_its_payment_reach_every_consumer(orders_db: str | None) -> None:
     """Stock, confirmation mail, analytics and the shipment all follow an order."""
-    async with running() as api:
+    async with running(Shop(fast_settings(orders_db=orders_db))) as api:
         ada = await api.customer()
         order = await api.order(ada, MUG_01=2, TEE_01=1)
         assert (order["status"], order["total"]) == ("pending", "44.90")
@@ -179,9 +191,11 @@ async def test_an_order_and_its_payment_reach_every_consumer() -> None:
     assert (mugs["units_ordered"], mugs["units_paid"], mugs["revenue"]) == (2, 2, "25.00")
 
 
-async def test_a_declined_payment_cancels_the_order_and_releases_its_stock() -> None:
+async def test_a_declined_payment_cancels_the_order_and_releases_its_stock(
+    orders_db: str | None,
+) -> None:
     """402, the order cancelled before the answer, then stock back and the customer told."""
-    async with running() as api:
+    async with running(Shop(fast_settings(orders_db=orders_db))) as api:
         ben = await api.customer("Ben")
         order = await api.order(ben, CAP_01=2)
         await api.drain()
@@ -394,15 +408,21 @@ class TransportDown(Middleware):
         await call_next()
 
 
-async def test_an_order_that_cannot_be_published_is_not_kept_and_answers_503() -> None:
-    """No event, no order: the client is told to try again."""
-    async with running(Shop(fast_settings(), middleware=[TransportDown()])) as api:
+@pytest.mark.parametrize("outbox", [True, False], ids=["outbox", "direct"])
+async def test_an_order_that_cannot_be_published_is_not_kept_and_answers_503(
+    outbox: bool,
+) -> None:
+    """No event, no order: the order's transaction rolls back; the client tries again."""
+    shop = Shop(fast_settings(outbox=outbox), middleware=[TransportDown()])
+    async with running(shop) as api:
         ada = await api.customer()
         response = await api.http.post("/orders", json=order_body(), headers=ada)
-        kept = api.shop.db.query("SELECT order_id FROM orders")
+        kept = await api.shop.orders.count()
+        if api.shop.event_outbox is not None:
+            assert await api.shop.event_outbox.pending() == 0
     assert response.status_code == 503
     assert "TransportError" in response.json()["detail"]
-    assert kept == []
+    assert kept == 0
 
 
 def created(order_id: str, quantity: int) -> OrderCreated:

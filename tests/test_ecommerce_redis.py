@@ -3,10 +3,13 @@ consumer groups in ``python -m examples.ecommerce worker`` subprocesses."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +18,13 @@ import redis
 
 from eventbus.testing import drain
 from examples.ecommerce.app import create_app
+from examples.ecommerce.events import OrderCreated
 from examples.ecommerce.inprocess import in_process
 from examples.ecommerce.settings import Settings
 from examples.ecommerce.shop import Shop
 from tests.redis_server import RedisServer
 from tests.test_ecommerce_api import ADMIN, CARD_NO_FUNDS, CARD_OK, Client
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -34,12 +39,24 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def start_worker(url: str, db: Path, prefix: str, name: str, groups: tuple[str, ...]) -> Worker:
-    """Start a worker process and wait for its ready line."""
+def start_worker(
+    url: str,
+    db: Path,
+    prefix: str,
+    name: str,
+    groups: tuple[str, ...],
+    env: dict[str, str] | None = None,
+) -> Worker:
+    """Start a worker process (``env``: extra environment) and wait for its ready line."""
     command = [sys.executable, "-m", "examples.ecommerce", "worker", "--redis-url", url]
     command += ["--db", str(db), "--prefix", prefix, "--name", name, "--group", *groups]
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
     assert process.stdout is not None
     ready = process.stdout.readline()
@@ -147,3 +164,68 @@ def test_the_demo_runs_on_redis_and_removes_its_keys(redis_server: RedisServer) 
         assert list(client.scan_iter(match="ecommerce-demo-*")) == []
     finally:
         client.close()
+
+
+def mails(log: Path) -> Counter[str]:
+    """How many times the mail server took each message, by its key."""
+    if not log.exists():
+        return Counter()
+    lines = log.read_text(encoding="utf-8").splitlines()
+    return Counter(json.loads(line)["key"] for line in lines if line.endswith("}"))
+
+
+def settled(client: redis.Redis, stream: str, group: str) -> bool:
+    """Whether ``group`` has read and acknowledged every entry of ``stream``."""
+    info = next(g for g in client.xinfo_groups(stream) if g["name"] == group)
+    return bool(info["pending"] == 0 and info["lag"] == 0)
+
+
+async def test_email_workers_killed_mid_flight_send_each_confirmation_once(
+    story_settings: Settings, tmp_path: Path
+) -> None:
+    """Orders go out through the outbox; the email worker is killed twice while sending,
+    restarts under its name, and every confirmation is sent once, a repeat included."""
+    url, db, prefix = (
+        story_settings.redis_url,
+        Path(story_settings.db_path),
+        story_settings.redis_prefix,
+    )
+    assert url is not None
+    log = tmp_path / "mail.jsonl"
+    env = {"ECOMMERCE_MAIL_LOG": str(log), "ECOMMERCE_MAIL_LATENCY": "0.02"}
+    env["ECOMMERCE_MAIL_FAIL_EVERY"] = "0"
+    stream = f"{prefix}:{{{OrderCreated.event_name}}}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    shop = Shop(story_settings, groups=())
+    worker: Worker | None = None
+    try:
+        async with in_process(create_app(shop=shop)) as http:
+            api = Client(shop, http)
+            ada = await api.customer("Ada")
+            orders = [(await api.order(ada, MUG_01=1))["order_id"] for _ in range(120)]
+            expected = {f"order:{order_id}" for order_id in orders}
+            held_at_kill = []
+            for sent_before_kill in (30, 70):
+                worker = start_worker(url, db, prefix, "mailer", ("email",), env)
+                await wait_for(lambda n=sent_before_kill: len(mails(log)) >= n, 30, "mails")
+                worker.kill()  # SIGKILL: nothing is flushed, nothing is acked on the way out
+                worker.communicate(timeout=10)
+                held_at_kill.append(client.xpending(stream, "email")["pending"])
+            worker = start_worker(url, db, prefix, "mailer", ("email",), env)
+            await wait_for(lambda: expected <= set(mails(log)), 30, "every confirmation")
+            await wait_for(lambda: settled(client, stream, "email"), 30, "the acks")
+
+            # the relay's repeat: the same envelope (same event id) stored a second time
+            _, fields = client.xrange(stream, count=1)[0]
+            client.xadd(stream, fields)
+            await wait_for(lambda: settled(client, stream, "email"), 30, "the repeat's ack")
+            assert await api.get("/admin/dead-letters") == []
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.communicate(timeout=10)
+        client.close()
+    sent = mails(log)
+    assert all(count > 0 for count in held_at_kill), held_at_kill  # each kill left work
+    assert {key for key in sent if key.startswith("order:")} == expected
+    assert [key for key, count in sent.items() if count > 1] == []

@@ -1,8 +1,9 @@
 """The command line: ``python -m examples.ecommerce demo|serve|worker``.
 
-Every command takes ``--db PATH`` (default: a database in memory, for this run only) and
-``--redis-url URL`` (default: the in-memory transport); ``ECOMMERCE_DB`` and
-``ECOMMERCE_REDIS_URL`` set them too.
+Every command takes ``--db PATH`` (default: a database in memory, for this run only),
+``--orders-db URL`` (the orders module's database, which holds the outbox; default: an
+SQLite file beside the other) and ``--redis-url URL`` (default: the in-memory transport);
+``ECOMMERCE_DB``, ``ECOMMERCE_ORDERS_DB`` and ``ECOMMERCE_REDIS_URL`` set them too.
 """
 
 import argparse
@@ -28,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = replace(
         env,
         db_path=args.db or env.db_path,
+        orders_db=args.orders_db or env.orders_db,
         redis_url=args.redis_url or env.redis_url,
         redis_prefix=args.prefix or env.redis_prefix,
         consumer_name=getattr(args, "name", None),
@@ -44,13 +46,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="PATH", help="SQLite file (default: in memory)")
+    common.add_argument(
+        "--orders-db",
+        metavar="URL",
+        help="the orders database, SQLAlchemy URL (postgresql+asyncpg://... or "
+        "sqlite+aiosqlite:///...; default: an SQLite file beside --db)",
+    )
     common.add_argument("--redis-url", metavar="URL", help="use Redis instead of memory")
     common.add_argument("--prefix", help="Redis key prefix (default: ecommerce)")
     parser = argparse.ArgumentParser(
         prog="python -m examples.ecommerce",
         description="The e-commerce example of eventbus: a demo, the HTTP API, workers.",
-        epilog="Environment: ECOMMERCE_DB, ECOMMERCE_REDIS_URL, ECOMMERCE_REDIS_PREFIX, "
-        "ECOMMERCE_ADMIN_TOKEN.",
+        epilog="Environment: ECOMMERCE_DB, ECOMMERCE_ORDERS_DB, ECOMMERCE_REDIS_URL, "
+        "ECOMMERCE_REDIS_PREFIX, ECOMMERCE_ADMIN_TOKEN, ECOMMERCE_MAIL_FAIL_EVERY, "
+        "ECOMMERCE_MAIL_LATENCY, ECOMMERCE_MAIL_LOG.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", parents=[common], help="run the story in one process")

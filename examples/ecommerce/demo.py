@@ -45,6 +45,7 @@ def demo_settings(base: Settings) -> Settings:
     prefix = f"ecommerce-demo-{secrets.token_hex(3)}" if base.redis_url else base.redis_prefix
     return Settings(
         db_path=base.db_path,
+        orders_db=base.orders_db,
         redis_url=base.redis_url,
         redis_prefix=prefix,
         admin_token=base.admin_token,

@@ -9,11 +9,17 @@ Which subscribers a process runs:
 - a worker: the background groups it was given (``worker --group products email``).
 """
 
+import shutil
+import tempfile
+import weakref
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from types import TracebackType
 
 from eventbus import Event, EventBus, Middleware, Registry
+from eventbus.outbox import Outbox
+from examples.ecommerce.engines import open_engine
 from examples.ecommerce.modules import admin, analytics, auth, email, orders, products, shipping
 from examples.ecommerce.payments import FakePaymentGateway, PaymentGateway
 from examples.ecommerce.settings import Settings
@@ -25,7 +31,6 @@ __all__ = ["Shop"]
 SCHEMAS = (
     auth.SCHEMA,
     products.SCHEMA,
-    orders.SCHEMA,
     email.SCHEMA,
     analytics.SCHEMA,
     shipping.SCHEMA,
@@ -34,7 +39,11 @@ SCHEMAS = (
 
 
 class Shop:
-    """The modules of the shop on one database and one bus; ``async with shop:`` runs it.
+    """The modules of the shop on their databases and one bus; ``async with shop:`` runs it.
+
+    Every module but orders shares one SQLite database (``settings.db_path``); orders
+    has its own (``settings.orders_url``), which holds the bus's outbox too, so that an
+    order and its ``OrderCreated`` commit together.
 
     - ``groups``: the background groups this process consumes (None: all of them;
       ``()``: none, for an API whose workers run elsewhere: ``EventBus(consume=...)``
@@ -60,24 +69,34 @@ class Shop:
     ) -> None:
         self.settings = settings
         self.db = Database(settings.db_path)
+        scratch = None if settings.orders_db or settings.shared_database else _scratch()
+        self._remove_scratch = weakref.finalize(self, _remove, scratch)
+        self.orders_engine = open_engine(settings.orders_url(scratch))
         self.users = auth.AuthStore(self.db)
         self.hasher = auth.PasswordHasher(settings.password_cost)
         self.products = products.ProductStore(self.db)
-        self.orders = orders.OrderStore(self.db)
+        self.orders = orders.OrderStore(self.orders_engine)
         self.outbox = email.OutboxStore(self.db)
         self.analytics = analytics.AnalyticsStore(self.db)
         self.shipments = shipping.ShipmentStore(self.db)
         self.admin = admin.AdminStore(self.db)
-        self.mail = mail or email.FakeMailServer(fail_every=settings.mail_fail_every)
+        self.mail = mail or email.FakeMailServer(
+            fail_every=settings.mail_fail_every,
+            latency=settings.mail_latency,
+            log=settings.mail_log,
+        )
         self.gateway = gateway or FakePaymentGateway(latency=settings.gateway_latency)
         every = [*self._registries(), *registries]
         _check_groups(every, groups)
         self._groups = background_groups(every) if groups is None else sorted(groups)
+        self.event_outbox = Outbox(self.orders_engine) if settings.outbox else None
+        """The bus's outbox, in the orders database (None with ``settings.outbox`` off)."""
         self.bus = EventBus(
             transport=settings.transport(),
             middleware=middleware,
             shutdown_grace=settings.shutdown_grace,
             consume=True if groups is None else frozenset(groups),
+            outbox=self.event_outbox,
         )
         for registry in every:
             self.bus.include(_inline(registry) if settings.delivery == "inline" else registry)
@@ -103,10 +122,19 @@ class Shop:
         """How module ``source`` publishes: on the bus, with a ``source`` header."""
         headers = {"source": source}
         off = self.settings.delivery == "off"
+        outbox = self.settings.outbox
 
-        async def publish(event: Event, *, correlation_id: str) -> None:
-            if not off:
-                await self.bus.publish(event, headers=headers, correlation_id=correlation_id)
+        async def publish(
+            event: Event, *, correlation_id: str, transaction: object | None = None
+        ) -> None:
+            if off:
+                return
+            await self.bus.publish(
+                event,
+                headers=headers,
+                correlation_id=correlation_id,
+                transaction=transaction if outbox else None,
+            )
 
         return publish
 
@@ -116,9 +144,10 @@ class Shop:
             for schema in SCHEMAS:
                 self.db.create(schema)
             self.products.seed()
+            await self.orders.create()
             await self.bus.__aenter__()
         except BaseException:
-            self.db.close()
+            await self._close()
             raise
         return self
 
@@ -131,7 +160,22 @@ class Shop:
         try:
             await self.bus.__aexit__(exc_type, exc, tb)
         finally:
-            self.db.close()
+            await self._close()
+
+    async def _close(self) -> None:
+        self.db.close()
+        await self.orders_engine.dispose()
+        self._remove_scratch()
+
+
+def _scratch() -> Path:
+    """A temporary directory for the orders database of a shop in memory."""
+    return Path(tempfile.mkdtemp(prefix="ecommerce-orders-"))
+
+
+def _remove(scratch: Path | None) -> None:
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def background_groups(registries: Iterable[Registry]) -> list[str]:

@@ -4,7 +4,7 @@
 - ``CurrentUser`` / ``AdminOnly``: FastAPI dependencies the composition root hands to
   each module's router (auth provides the first; ``admin_guard`` builds the second).
 - ``Publish``: how a module publishes (the composition root binds the bus and the
-  module's name as the ``source`` header).
+  module's name as the ``source`` header), in the module's transaction when it has one.
 - ``new_id``: short random ids such as ``o-3f9a1c2e5b``.
 """
 
@@ -46,9 +46,15 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(
 
 
 class Publish(Protocol):
-    """Publish one event of a module's flow; ``correlation_id`` names the flow."""
+    """Publish one event of a module's flow; ``correlation_id`` names the flow.
 
-    async def __call__(self, event: Event, *, correlation_id: str) -> None: ...
+    ``transaction``: the module's open database transaction (a SQLAlchemy
+    ``AsyncConnection``); with the outbox, the event is written in it.
+    """
+
+    async def __call__(
+        self, event: Event, *, correlation_id: str, transaction: object | None = None
+    ) -> None: ...
 
 
 def bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:

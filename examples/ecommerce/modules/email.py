@@ -7,9 +7,10 @@ retries it with backoff; a message that never gets through ends in the dead lett
 (and stays ``queued`` in the outbox, with its last error).
 """
 
+import json
 import sqlite3
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -73,12 +74,16 @@ class FakeMailServer:
 
     Every ``fail_every``-th send times out (None: never), and addresses at ``.invalid``
     domains (reserved, never resolvable) never get through. ``delivered`` keeps the
-    last 1,000 messages taken.
+    last 1,000 messages taken; ``log``, a file path, gets every one as a JSON line (what
+    a test counts across worker processes).
     """
 
-    def __init__(self, fail_every: int | None = None, latency: float = 0.0) -> None:
+    def __init__(
+        self, fail_every: int | None = None, latency: float = 0.0, log: str | None = None
+    ) -> None:
         self.fail_every = fail_every
         self.latency = latency
+        self.log = log
         self.delivered: deque[Mail] = deque(maxlen=1000)
         self._sends = 0
 
@@ -93,6 +98,9 @@ class FakeMailServer:
         if self.fail_every and self._sends % self.fail_every == 0:
             raise MailServerError("the mail server timed out")
         self.delivered.append(mail)
+        if self.log is not None:
+            with open(self.log, "a", encoding="utf-8") as log:  # noqa: ASYNC230 - one short line
+                log.write(json.dumps(asdict(mail)) + "\n")
 
 
 class OutboxStore:

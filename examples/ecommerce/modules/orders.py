@@ -1,8 +1,10 @@
 """Orders: placing and paying orders.
 
-Owns the ``orders`` table. Publishes ``OrderCreated``, ``OrderPaid`` and
-``PaymentFailed``. ``POST /orders`` saves the order, publishes ``OrderCreated`` and
-answers at once: stock, email and analytics react in the background. On
+Owns the ``orders`` table, in a database of its own reached through SQLAlchemy (async),
+the database of the bus's outbox. Publishes ``OrderCreated``, ``OrderPaid`` and
+``PaymentFailed``. ``POST /orders`` saves the order and publishes ``OrderCreated`` in one
+transaction, and answers at once: the event exists if and only if the order does, and
+stock, email and analytics react in the background. On
 ``PaymentFailed`` the order is cancelled inside ``publish()`` (``mode="immediate"``), so
 that the payment's 402 answer and the next ``GET /orders/{id}`` already say so.
 
@@ -11,15 +13,27 @@ composition root passes in: this module imports no other module.
 """
 
 import json
-import sqlite3
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    MetaData,
+    RowMapping,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from eventbus import PublishError, PublishOutcomeUnknownError, Registry, TransportError
+from eventbus import PublishOutcomeUnknownError, Registry
 from examples.ecommerce.contracts import OfferLookup
 from examples.ecommerce.events import (
     Address,
@@ -29,71 +43,82 @@ from examples.ecommerce.events import (
     PaymentFailed,
 )
 from examples.ecommerce.payments import PaymentGateway, luhn_valid
-from examples.ecommerce.storage import Database
 from examples.ecommerce.web import CurrentUser, Principal, Publish, new_id
 
-__all__ = ["SCHEMA", "OrderStore", "router", "subscribers"]
+__all__ = ["ORDERS", "OrderStore", "router", "subscribers"]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS orders (
-    order_id       TEXT PRIMARY KEY,
-    user_id        TEXT NOT NULL,
-    email          TEXT NOT NULL,
-    status         TEXT NOT NULL CHECK (status IN ('pending', 'paying', 'paid', 'cancelled')),
-    items          TEXT NOT NULL,
-    total          TEXT NOT NULL,
-    currency       TEXT NOT NULL,
-    ship_to        TEXT NOT NULL,
-    payment_id     TEXT,
-    failure_reason TEXT,
-    created_at     TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id);
-"""
+METADATA = MetaData()
+ORDERS = Table(
+    "orders",
+    METADATA,
+    Column("order_id", String(40), primary_key=True),
+    Column("user_id", String(40), nullable=False, index=True),
+    Column("email", String(320), nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("items", Text, nullable=False),
+    Column("total", String(20), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("ship_to", Text, nullable=False),
+    Column("payment_id", String(80)),
+    Column("failure_reason", Text),
+    Column("created_at", String(40), nullable=False),
+    CheckConstraint("status IN ('pending', 'paying', 'paid', 'cancelled')", name="order_status"),
+)
 
 
 class OrderStore:
-    """The SQL of the orders module."""
+    """The SQL of the orders module, on its own engine (SQLAlchemy Core, async)."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
 
-    def add(self, order: OrderCreated) -> None:
-        """Save a new, pending order."""
-        self.db.execute(
-            "INSERT INTO orders (order_id, user_id, email, status, items, total, currency,"
-            " ship_to, created_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-            (
-                order.order_id,
-                order.user_id,
-                order.email,
-                json.dumps([item.model_dump(mode="json") for item in order.items]),
-                str(order.total),
-                order.currency,
-                order.ship_to.model_dump_json(),
-                datetime.now(UTC).isoformat(),
-            ),
+    async def create(self) -> None:
+        """Create the ``orders`` table where it is missing."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(METADATA.create_all)
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """``async with store.transaction() as conn:`` commits, or rolls back on error."""
+        return self.engine.begin()
+
+    async def add(self, conn: AsyncConnection, order: OrderCreated) -> None:
+        """Save a new, pending order in the transaction ``conn``."""
+        await conn.execute(
+            ORDERS.insert().values(
+                order_id=order.order_id,
+                user_id=order.user_id,
+                email=order.email,
+                status="pending",
+                items=json.dumps([item.model_dump(mode="json") for item in order.items]),
+                total=str(order.total),
+                currency=order.currency,
+                ship_to=order.ship_to.model_dump_json(),
+                created_at=datetime.now(UTC).isoformat(),
+            )
         )
 
-    def remove(self, order_id: str) -> None:
-        """Delete an order that could not be published."""
-        self.db.execute("DELETE FROM orders WHERE order_id = ?", (order_id,))
-
-    def get(self, order_id: str) -> sqlite3.Row | None:
+    async def get(self, order_id: str) -> RowMapping | None:
         """One order, or None."""
-        return self.db.query_one("SELECT * FROM orders WHERE order_id = ?", (order_id,))
+        async with self.engine.connect() as conn:
+            found = await conn.execute(ORDERS.select().where(ORDERS.c.order_id == order_id))
+            return found.mappings().first()
 
-    def set_status(
+    async def count(self) -> int:
+        """How many orders there are."""
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(ORDERS))).scalar_one())
+
+    async def set_status(
         self, order_id: str, status: str, *, was: tuple[str, ...], **fields: str
     ) -> bool:
         """Move an order from one of the ``was`` states to ``status``; False if it was not."""
-        sets = "".join(f", {name} = ?" for name in fields)  # names from this module only
-        marks = ", ".join("?" * len(was))
-        changed = self.db.execute(
-            f"UPDATE orders SET status = ?{sets} WHERE order_id = ? AND status IN ({marks})",
-            (status, *fields.values(), order_id, *was),
+        change = (
+            ORDERS.update()
+            .where(ORDERS.c.order_id == order_id, ORDERS.c.status.in_(was))
+            .values(status=status, **fields)
         )
-        return changed == 1
+        async with self.engine.begin() as conn:
+            return (await conn.execute(change)).rowcount == 1
 
 
 def subscribers(store: OrderStore) -> Registry:
@@ -103,7 +128,7 @@ def subscribers(store: OrderStore) -> Registry:
     @registry.subscribe(group="orders", mode="immediate")
     async def cancel_order(event: PaymentFailed) -> None:
         """Cancel the order; its 402 answer and the next GET already show it."""
-        store.set_status(
+        await store.set_status(
             event.order_id, "cancelled", was=("pending", "paying"), failure_reason=event.reason
         )
 
@@ -175,49 +200,53 @@ def router(
     async def create_order(
         body: OrderIn, customer: Annotated[Principal, Depends(user)]
     ) -> OrderOut:
-        """Save the order, publish OrderCreated, answer: the rest happens in the background.
+        """Save the order and publish OrderCreated in one transaction, and answer: the rest
+        happens in the background.
 
-        422 for an unknown product, 409 when there is not enough stock left.
+        422 for an unknown product, 409 when there is not enough stock left. With the
+        outbox, the event is written in the order's transaction; without it, a publish
+        that fails rolls the order back (503), and one whose outcome is unknown keeps it.
         """
         order = _priced(body, customer, offers)
-        store.add(order)
-        try:
-            await publish(order, correlation_id=order.order_id)
-        except PublishOutcomeUnknownError:
-            raise  # the event may be stored: keep the order; the client gets 503
-        except (PublishError, TransportError):
-            store.remove(order.order_id)  # nobody will ever hear of it
-            raise
+        unknown: PublishOutcomeUnknownError | None = None
+        async with store.transaction() as conn:
+            await store.add(conn, order)
+            try:
+                await publish(order, correlation_id=order.order_id, transaction=conn)
+            except PublishOutcomeUnknownError as exc:
+                unknown = exc  # the event may be stored: keep the order; the client gets 503
+        if unknown is not None:
+            raise unknown
         return _pending(order)
 
     @api.get("/orders/{order_id}")
     async def get_order(order_id: str, customer: Annotated[Principal, Depends(user)]) -> OrderOut:
         """One of the customer's orders; 404 for unknown ids and other people's orders."""
-        return _order(_owned(store, order_id, customer))
+        return _order(await _owned(store, order_id, customer))
 
     @api.post("/orders/{order_id}/pay")
     async def pay_order(
         order_id: str, body: PaymentIn, customer: Annotated[Principal, Depends(user)]
     ) -> OrderOut:
         """Charge the card: publishes OrderPaid, or PaymentFailed and answers 402."""
-        row = _owned(store, order_id, customer)
-        if not store.set_status(order_id, "paying", was=("pending",)):
+        row = await _owned(store, order_id, customer)
+        if not await store.set_status(order_id, "paying", was=("pending",)):
             raise HTTPException(409, f"order {order_id} is {row['status']}, not pending")
         amount, currency = Decimal(row["total"]), row["currency"]
         try:
             charge = await gateway.charge(body.card_number, amount, currency)
         except BaseException:
-            store.set_status(order_id, "pending", was=("paying",))
+            await store.set_status(order_id, "pending", was=("paying",))
             raise
         if charge.approved and charge.payment_id is not None:
-            store.set_status(order_id, "paid", was=("paying",), payment_id=charge.payment_id)
-            paid = _order(_owned(store, order_id, customer))
+            await store.set_status(order_id, "paid", was=("paying",), payment_id=charge.payment_id)
+            paid = _order(await _owned(store, order_id, customer))
             await publish(_paid(paid, customer, charge.payment_id), correlation_id=order_id)
             return paid
         reason = charge.reason or "declined"
         failed = _failed(paid_for=row, customer=customer, card=body.card_number, reason=reason)
         await publish(failed, correlation_id=order_id)  # cancels the order before returning
-        status = _owned(store, order_id, customer)["status"]
+        status = (await _owned(store, order_id, customer))["status"]
         raise HTTPException(402, f"payment declined ({reason}); order {order_id} is {status}")
 
     return api
@@ -273,7 +302,7 @@ def _paid(order: OrderOut, customer: Principal, payment_id: str) -> OrderPaid:
     )
 
 
-def _failed(*, paid_for: sqlite3.Row, customer: Principal, card: str, reason: str) -> PaymentFailed:
+def _failed(*, paid_for: RowMapping, customer: Principal, card: str, reason: str) -> PaymentFailed:
     return PaymentFailed(
         order_id=paid_for["order_id"],
         user_id=customer.user_id,
@@ -285,14 +314,14 @@ def _failed(*, paid_for: sqlite3.Row, customer: Principal, card: str, reason: st
     )
 
 
-def _owned(store: OrderStore, order_id: str, customer: Principal) -> sqlite3.Row:
-    row = store.get(order_id)
+async def _owned(store: OrderStore, order_id: str, customer: Principal) -> RowMapping:
+    row = await store.get(order_id)
     if row is None or row["user_id"] != customer.user_id:
         raise HTTPException(404, f"no order {order_id}")
     return row
 
 
-def _order(row: sqlite3.Row) -> OrderOut:
+def _order(row: RowMapping) -> OrderOut:
     return OrderOut(
         order_id=row["order_id"],
         status=row["status"],
