@@ -205,21 +205,21 @@ def variants(redis_url: str | None, pg_url: str | None) -> list[tuple[str, Setti
     """Each variant: its name, its settings, and the floor it is compared with."""
     base = Settings(mail_fail_every=None)
     direct = replace(base, outbox=False)
-    on_redis = {"redis_url": redis_url, "redis_prefix": f"bench-{secrets.token_hex(3)}"}
+    on_redis = replace(base, redis_url=redis_url, redis_prefix=f"bench-{secrets.token_hex(3)}")
     chosen = [
         ("floor (saves the order only)", replace(base, delivery="off"), "floor"),
         ("event-driven, in memory", direct, "floor"),
         ("outbox, in memory", base, "floor"),
     ]
     if redis_url is not None:
-        chosen.append(("event-driven, Redis", replace(direct, **on_redis), "floor"))
-        chosen.append(("outbox, Redis", replace(base, **on_redis), "floor"))
+        chosen.append(("event-driven, Redis", replace(on_redis, outbox=False), "floor"))
+        chosen.append(("outbox, Redis", on_redis, "floor"))
     chosen.append(("blocking (consumers inline)", replace(direct, delivery="inline"), "floor"))
     if pg_url is not None:
         pg_floor = "PostgreSQL floor"
         chosen.append((pg_floor, replace(base, orders_db=pg_url, delivery="off"), pg_floor))
         if redis_url is not None:
-            outbox = replace(base, orders_db=pg_url, **on_redis)
+            outbox = replace(on_redis, orders_db=pg_url)
             chosen.append(("PostgreSQL outbox, Redis", outbox, pg_floor))
     return chosen
 

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.databases import Database, PostgresDatabase, engine_for
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 
@@ -27,6 +28,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One private Redis Cluster for the session (3 masters, 3 replicas); tests keep
+    apart by key prefix."""
+    cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

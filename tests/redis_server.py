@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["RedisServer", "redis_binary"]
+__all__ = ["RedisServer", "free_port", "redis_binary"]
 
 
 def redis_binary() -> str:
@@ -26,7 +26,8 @@ def redis_binary() -> str:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -36,13 +37,21 @@ class RedisServer:
     """Starts, kills and restarts one redis-server process on a fixed port and dir."""
 
     def __init__(
-        self, directory: Path, *, password: str | None = None, appendonly: bool = True
+        self,
+        directory: Path,
+        *,
+        password: str | None = None,
+        appendonly: bool = True,
+        extra: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> None:
         self.binary = redis_binary()
         self.directory = directory
-        self.port = _free_port()
+        self.port = port or free_port()
         self.password = password
         self.appendonly = appendonly
+        self.extra = extra
+        """More arguments for redis-server (``--cluster-enabled yes``, for instance)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,6 +75,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait_until(self.answers, "redis-server to answer")
 

@@ -1,4 +1,5 @@
-"""The transport conformance suite, run against a private redis-server."""
+"""The transport conformance suite, run against a private redis-server and a private
+Redis Cluster."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from eventbus.transports import (
     Serving,
 )
 from eventbus.transports.redis import RedisTransport
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 
@@ -42,3 +44,18 @@ class TestRedisTransport(TransportConformance):
         for ability in (BatchPublishing, DeadLetterStore, IdleWaiting, Inspection, Serving):
             assert isinstance(conn, ability), ability.__name__
         assert not isinstance(conn, ReferencePublishing)
+
+
+class TestRedisClusterTransport(TestRedisTransport):
+    """RedisTransport on a Redis Cluster of three masters passes the same scenarios."""
+
+    @pytest.fixture
+    def transport(self, redis_cluster: RedisCluster) -> RedisTransport:
+        """A cluster transport on a fresh key prefix, with a short claim timeout."""
+        return RedisTransport(
+            redis_cluster.url,
+            prefix=f"t{secrets.token_hex(4)}",
+            claim_timeout=1.0,
+            block=0.2,
+            cluster=True,
+        )

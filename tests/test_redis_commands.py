@@ -209,7 +209,7 @@ class OneLink:
         self.link = link
         self.given_back = False
 
-    def take(self) -> BrokenLink:
+    def take(self, key: str) -> BrokenLink:
         """The one link."""
         return self.link
 
@@ -228,7 +228,7 @@ async def test_ack_queue_flush_puts_back_acks_whose_round_trip_failed() -> None:
     link = BrokenLink()
     links: Any = OneLink(link)
     with pytest.raises(RedisConnectionError):
-        await acks.flush(links)
+        await acks.flush(links, keys.stream)
     assert links.given_back
     assert link.disconnected
     assert acks.take() == {keys.stream: ["1-1"], keys.redeliver: ["2-1"]}

@@ -39,7 +39,7 @@ def closed_by_server(conn: Any) -> bool:
 async def test_round_trip_reads_every_reply_in_order_errors_included(redis_admin: Any) -> None:
     """An error reply in the middle is returned in its place; the later replies still come."""
     links = Links(redis_admin)
-    conn = links.take()
+    conn = links.take("k")
     key = f"links:{secrets.token_hex(4)}".encode()
     await ensure_connected(conn)
     packed = b"".join(
@@ -55,7 +55,7 @@ async def test_round_trip_reads_every_reply_in_order_errors_included(redis_admin
     assert "WRONGTYPE" in str(replies[1])
     assert replies[2] == 2
     await links.give_back(conn)
-    assert links.take() is conn  # reused, not made again
+    assert links.take("k") is conn  # reused, not made again
     assert links.count == 1
     await links.aclose()
     assert not conn.is_connected
@@ -67,7 +67,7 @@ async def test_ensure_connected_reopens_a_connection_redis_closed_while_idle(
 ) -> None:
     """CLIENT KILL of an idle connection: the next command goes on a new connection."""
     links = Links(redis_admin)
-    conn = links.take()
+    conn = links.take("k")
     await ensure_connected(conn)
     (first_id,) = await round_trip(conn, resp_command([b"CLIENT", b"ID"]), 1)
     assert await redis_admin.client_kill_filter(_id=first_id) == 1
@@ -81,7 +81,7 @@ async def test_ensure_connected_reopens_a_connection_redis_closed_while_idle(
 async def test_closing_goes_on_when_one_connection_fails_to_close(redis_admin: Any) -> None:
     """A connection whose disconnect raises does not keep the others open."""
     links = Links(redis_admin)
-    first, second = links.take(), links.take()
+    first, second = links.take("k"), links.take("k")
     await ensure_connected(first)
     await ensure_connected(second)
 
@@ -98,13 +98,13 @@ async def test_closing_goes_on_when_one_connection_fails_to_close(redis_admin: A
 async def test_after_close_no_connection_is_made_or_kept(redis_admin: Any) -> None:
     """take() refuses once closed; a connection given back then is closed, not kept."""
     links = Links(redis_admin)
-    late = links.take()
+    late = links.take("k")
     await links.aclose()
     await ensure_connected(late)  # a caller that was still connecting
     await links.give_back(late)
     assert not late.is_connected
     with pytest.raises(TransportClosedError):
-        links.take()
+        links.take("k")
 
 
 async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unknown(
@@ -117,7 +117,7 @@ async def test_publish_after_redis_dropped_idle_connections_is_not_outcome_unkno
     async with EventBus(transport=transport) as bus:
         await bus.publish(OrderCreated(order_id="o-1"))
         links: Links = bus._conn.state.links  # type: ignore[union-attr]
-        (spare,) = links._spare
+        (spare,) = links._spare[""]
         killed = await redis_admin.client_kill_filter(_type="normal", skipme=True)
         assert killed >= 1
         await wait_for(lambda: closed_by_server(spare), 5, "the loop to see the close")

@@ -93,14 +93,15 @@ class AckQueue:
         self.refused = True
         return refused[0]
 
-    async def flush(self, links: Links) -> None:
-        """Send the queued acks in one round trip on a connection of ``links``; raises
-        when Redis refuses them (they are kept) or cannot be reached (they are put back).
+    async def flush(self, links: Links, key: str) -> None:
+        """Send the queued acks in one round trip on a connection of ``links`` to the
+        server of ``key`` (the stream); raises when Redis refuses them (they are kept) or
+        cannot be reached (they are put back).
         """
         if not any(self._queued.values()):
             self.refused = False
             return
-        link = links.take()
+        link = links.take(key)
         try:
             await ensure_connected(link)  # fails before anything is sent
             batch = self.take()

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MovedError, RedisError, ResponseError
 
 from eventbus._errors import (
     EncodeError,
@@ -23,7 +23,7 @@ from ._dead_letters import DeadLetterStreams
 from ._groups import GroupAdmin, Unread
 from ._links import ensure_connected, round_trip
 from ._retention import Retention
-from ._state import RedisState, Settings, logger, wrapped
+from ._state import REDIRECTS, RedisState, Settings, logger, wrapped
 from ._subscription import RedisSubscription
 
 __all__ = ["RedisConnection"]
@@ -66,7 +66,7 @@ class RedisConnection:
             command = self._xadd.pack(topic, message)
         except UnicodeEncodeError:
             raise _unencodable(topic, message) from None
-        (reply,) = await self._send_with_timeout([command], timeout)
+        (reply,) = await self._send_with_timeout([command], [topic], timeout)
         if self._unread.unchecked(topic):
             await self._unread.check(topic)
         return reply
@@ -90,20 +90,22 @@ class RedisConnection:
             raise next(_unencodable(t, m) for t, m in items if not _encodable(m)) from None
         if not commands:
             return []
-        ids = await self._send_with_timeout(commands, timeout)
+        ids = await self._send_with_timeout(commands, [topic for topic, _ in items], timeout)
         for topic in {topic for topic, _ in items if self._unread.unchecked(topic)}:
             await self._unread.check(topic)
         return ids
 
-    async def _send_with_timeout(self, commands: list[bytes], timeout: float | None) -> list[str]:
+    async def _send_with_timeout(
+        self, commands: list[bytes], topics: list[str], timeout: float | None
+    ) -> list[str]:
         """Send, then raise ``PublishRefusedError`` when Redis refused any command."""
         sent: list[bool] = []
         replies: list[Any] = []  # those read so far, in order
         if timeout is None:
-            return await self._send(commands, sent, replies)
+            return await self._send(commands, topics, sent, replies)
         try:
             with anyio.fail_after(timeout):
-                return await self._send(commands, sent, replies)
+                return await self._send(commands, topics, sent, replies)
         except TimeoutError:
             if sent:
                 raise _outcome_unknown(
@@ -115,37 +117,90 @@ class RedisConnection:
                 f"Redis did not accept the event within {timeout} s"
             ) from None
 
-    async def _send(self, commands: list[bytes], sent: list[bool], replies: list[Any]) -> list[str]:
+    async def _send(
+        self, commands: list[bytes], topics: list[str], sent: list[bool], replies: list[Any]
+    ) -> list[str]:
         """Send the commands, trying again (with backoff) while Redis cannot be reached
         and nothing was sent, until ``publish_retry_for`` seconds have passed: a deadline
-        that the connection attempts and the waits between them never run past."""
+        that the connection attempts and the waits between them never run past. On a
+        cluster, the commands go in runs, one per master in turn, and those a cluster
+        redirected (``MOVED``, ``ASK``, ``TRYAGAIN``) go again once the slot map is new."""
+        give_up = anyio.current_time() + self.state.settings.publish_retry_for
+        await self._send_runs(commands, topics, sent, replies, give_up)
+        moved = [i for i, reply in enumerate(replies) if isinstance(reply, REDIRECTS)]
         backoff = self.state.backoff()
-        retry_for = self.state.settings.publish_retry_for
-        give_up = anyio.current_time() + retry_for
-        packed = b"".join(commands)
-        while True:
-            try:
-                await self._attempt(packed, len(commands), sent, replies, give_up)
-                break
-            except self.state.connection_errors as exc:  # nothing was sent: safe to repeat
-                left = give_up - anyio.current_time()
-                if sent or left <= 0:
-                    raise TransportError(
-                        f"cannot reach Redis to publish (publish_retry_for={retry_for} s)"
-                    ) from exc
-            await self.state.back_off(backoff, "publishing", at_most=left)
+        while moved and anyio.current_time() < give_up:
+            await self.state.follow(replies[moved[0]])
+            if not isinstance(replies[moved[0]], MovedError):
+                await self.state.back_off(backoff, "publishing (cluster in flux)", at_most=0.1)
+            again: list[Any] = []
+            await self._send_runs(
+                [commands[i] for i in moved], [topics[i] for i in moved], sent, again, give_up
+            )
+            for i, reply in zip(moved, again, strict=True):
+                replies[i] = reply
+            moved = [i for i in moved if isinstance(replies[i], REDIRECTS)]
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise _refused(replies)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 
-    async def _attempt(
-        self, packed: bytes, count: int, sent: list[bool], replies: list[Any], give_up: float
+    async def _send_runs(
+        self,
+        commands: list[bytes],
+        topics: list[str],
+        sent: list[bool],
+        replies: list[Any],
+        give_up: float,
     ) -> None:
-        """One try on a link, reading the replies into ``replies``; a connection error
-        means nothing was sent. Connecting a new link must end by ``give_up`` (a
-        ``TimeoutError``, an ``OSError``, if not)."""
-        conn = self._links.take()  # raises once the connection is closed
+        """Send each run of commands for one server in one round trip, in order."""
+        backoff = self.state.backoff()
+        retry_for = self.state.settings.publish_retry_for
+        cluster = self.state.settings.cluster  # on one server: one run, no key needed
+        keys = [self.state.stream(topic) for topic in topics] if cluster else topics
+        for start, end in self._links.runs(keys):
+            packed = b"".join(commands[start:end])
+            key = keys[start]
+            while True:
+                try:
+                    await self._attempt(packed, end - start, key, sent, replies, give_up)
+                    break
+                except PublishOutcomeUnknownError as exc:
+                    if end - start == len(commands):
+                        raise
+                    raise _outcome_unknown(  # say it of the whole batch
+                        "the connection to Redis broke after the events were sent",
+                        replies,
+                        len(commands),
+                    ) from exc.__cause__
+                except self.state.connection_errors as exc:  # nothing of this run was sent
+                    left = give_up - anyio.current_time()
+                    if replies:  # an earlier run was stored
+                        raise _outcome_unknown(
+                            "Redis could not be reached for the rest of the batch",
+                            replies,
+                            len(commands),
+                        ) from exc
+                    if left <= 0:
+                        raise TransportError(
+                            f"cannot reach Redis to publish (publish_retry_for={retry_for} s)"
+                        ) from exc
+                    await self.state.follow(exc)
+                await self.state.back_off(backoff, "publishing", at_most=left)
+
+    async def _attempt(
+        self,
+        packed: bytes,
+        count: int,
+        key: str,
+        sent: list[bool],
+        replies: list[Any],
+        give_up: float,
+    ) -> None:
+        """One try on a link to the server of ``key``, reading the replies into
+        ``replies``; a connection error means nothing was sent. Connecting a new link
+        must end by ``give_up`` (a ``TimeoutError``, an ``OSError``, if not)."""
+        conn = self._links.take(key)  # raises once the connection is closed
         try:
             if conn.is_connected:  # the hot path: no cancel scope
                 await ensure_connected(conn)

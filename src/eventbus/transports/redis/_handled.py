@@ -19,7 +19,7 @@ from ._commands import resp_arg, resp_command
 from ._entries import RedisDelivery
 from ._links import ensure_connected, round_trip
 from ._scripts import RECORD_AND_ACK, Keys
-from ._state import RedisState, logger
+from ._state import REDIRECTS, RedisState, logger
 
 __all__ = ["HandledRecords", "record_and_ack"]
 
@@ -131,13 +131,16 @@ class HandledRecords:
         while True:
             try:
                 return await self._round_trip(command)
-            except self._state.connection_errors:
+            except self._state.connection_errors as exc:
                 if self._closed():
                     raise
+                await self._state.follow(exc)
                 await self._state.back_off(backoff, "reading handled records")
             except ResponseError as exc:
                 if self._closed():
                     raise
+                if isinstance(exc, REDIRECTS):  # a cluster moved the slot
+                    await self._state.follow(exc)
                 delay = backoff.failed()
                 logger.error(
                     "Redis refused to read the handled records %s* (failure %d): %s: %s; "
@@ -152,7 +155,7 @@ class HandledRecords:
 
     async def _round_trip(self, command: bytes) -> Any:
         links = self._state.links
-        link = links.take()
+        link = links.take(self._prefix)
         try:
             await ensure_connected(link)  # fails before anything is sent
             try:

@@ -13,6 +13,8 @@ import logging
 from typing import Any
 
 import anyio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from eventbus._errors import TransportClosedError
@@ -21,43 +23,90 @@ __all__ = ["Links", "ensure_connected", "round_trip"]
 
 logger = logging.getLogger("eventbus.redis")
 
+_NO_RETRY = Retry(NoBackoff(), 0)  # the callers decide when to try again
+
 
 class Links:
     """The connections one client made for callers that each own one while they use it.
 
-    ``take`` reuses a spare connection or makes a new one, so there are as many as the
-    most callers at once (one per publish in flight, one per subscription); ``aclose``
-    closes them, and a connection in use then fails its caller (a publish in flight
-    raises ``PublishOutcomeUnknownError``). Not shared between event loops.
+    ``take(key)`` reuses a spare connection to the server of ``key`` or makes a new one,
+    so there are as many as the most callers at once (one per publish in flight, one per
+    subscription), per server; ``aclose`` closes them, and a connection in use then
+    fails its caller (a publish in flight raises ``PublishOutcomeUnknownError``). On a
+    cluster (``RedisCluster`` client) the server of a key is the master of its slot, as
+    the client's slot map says; a connection given back disconnected is dropped, so
+    that the next ``take`` asks the map again (a failover moves a slot). Not shared
+    between event loops.
     """
 
-    def __init__(self, client: Any) -> None:
-        self._pool = client.connection_pool
-        self._spare: list[Any] = []
+    def __init__(self, client: Any, *, cluster: bool = False) -> None:
+        self._client = client
+        self._cluster = cluster
+        self._spare: dict[str, list[Any]] = {}
+        self._home: dict[Any, str] = {}  # connection: the server it was made for
         self._made: list[Any] = []
         self._closed = False
 
-    def take(self) -> Any:
-        """A spare connection, or a new one (it connects in ``ensure_connected``).
-
-        Raises ``TransportClosedError`` after ``aclose``.
-        """
+    def take(self, key: str) -> Any:
+        """A spare connection to the server of ``key``, or a new one (it connects in
+        ``ensure_connected``). Raises ``TransportClosedError`` after ``aclose``, and
+        redis-py's ``SlotNotCoveredError`` when no master serves the key's slot."""
         if self._closed:
             raise TransportClosedError("the connection to Redis is closed")
-        if self._spare:
-            return self._spare.pop()
-        conn = self._pool.make_connection()
+        if not self._cluster:
+            spare = self._spare.get("")
+            if spare:
+                return spare.pop()
+            return self._keep(self._client.connection_pool.make_connection(), "")
+        node = self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key))
+        spare = self._spare.get(node.name)
+        if spare:
+            return spare.pop()
+        options = {**node.connection_kwargs, "retry": _NO_RETRY}
+        return self._keep(node.connection_class(**options), node.name)
+
+    def runs(self, keys: list[str]) -> list[tuple[int, int]]:
+        """``(start, end)`` of each run of consecutive keys served by one server: the
+        whole list on a single server."""
+        if not self._cluster:
+            return [(0, len(keys))] if keys else []
+        homes = [self._client.keyslot(key) for key in keys]
+        nodes = self._client.nodes_manager
+        names = [nodes.get_node_from_slot(slot).name for slot in homes]
+        bounds, start = [], 0
+        for index in range(1, len(names) + 1):
+            if index == len(names) or names[index] != names[start]:
+                bounds.append((start, index))
+                start = index
+        return bounds
+
+    def _keep(self, conn: Any, home: str) -> Any:
         self._made.append(conn)
+        self._home[conn] = home
         return conn
 
     async def give_back(self, conn: Any) -> None:
         """Return a connection whose replies were all read, or that is disconnected;
         after ``aclose`` it is closed instead (shielded: a caller may be cancelled)."""
-        if not self._closed:
-            self._spare.append(conn)  # no await: nothing to shield on the hot path
+        if self._closed:
+            with anyio.CancelScope(shield=True):
+                await _disconnect(conn)
             return
+        if self._cluster and not conn.is_connected:
+            self._drop(conn)
+            return
+        self._spare.setdefault(self._home.get(conn, ""), []).append(conn)  # no await
+
+    async def discard(self, conn: Any) -> None:
+        """Close a connection that is not to be used again (its server may be gone)."""
+        self._drop(conn)
         with anyio.CancelScope(shield=True):
             await _disconnect(conn)
+
+    def _drop(self, conn: Any) -> None:
+        self._home.pop(conn, None)
+        if conn in self._made:
+            self._made.remove(conn)
 
     @property
     def count(self) -> int:
@@ -67,7 +116,7 @@ class Links:
     async def aclose(self) -> None:
         """Disconnect every connection made here, without waiting for the server."""
         self._closed = True
-        made, self._made, self._spare = self._made, [], []
+        made, self._made, self._spare, self._home = self._made, [], {}, {}
         for conn in made:
             await _disconnect(conn)
 
@@ -112,14 +161,15 @@ async def round_trip(
     """Send ``count`` packed commands in one write and read their replies in order.
 
     An error reply is returned (as ``ResponseError``), not raised, so that the replies
-    after it are still read. The replies go into ``replies`` when given: after a failure
-    it holds those read so far, which tell what Redis carried out. On any other failure
-    redis-py has disconnected ``conn``.
+    after it are still read. The replies are appended to ``replies`` when given (after
+    those it holds already): after a failure it holds those read so far, which tell what
+    Redis carried out. On any other failure redis-py has disconnected ``conn``.
     """
     await conn.send_packed_command(packed, check_health=False)
     if replies is None:
         replies = []
-    while len(replies) < count:
+    until = len(replies) + count
+    while len(replies) < until:
         try:
             replies.append(await conn.read_response())
         except ResponseError as exc:

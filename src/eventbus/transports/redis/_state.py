@@ -15,10 +15,18 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbus._backoff import Backoff
@@ -41,10 +49,22 @@ from ._scripts import (
     Keys,
 )
 
-__all__ = ["RedisState", "Scripts", "Settings", "logger", "unlist_member", "wrapped"]
+__all__ = [
+    "REDIRECTS",
+    "RedisState",
+    "Scripts",
+    "Settings",
+    "logger",
+    "unlist_member",
+    "wrapped",
+]
 
 logger = logging.getLogger("eventbus.redis")
 
+
+REDIRECTS = (AskError, TryAgainError, ClusterDownError)
+"""Cluster replies that mean a command was not carried out (``MovedError`` is an
+``AskError``): send it again once ``RedisState.follow`` has learnt where its slot is."""
 
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
@@ -80,6 +100,8 @@ class Settings:
     socket_timeout: float | None
     idempotency_ttl: float = 86_400.0
     retention: float | None = 3600.0
+    cluster: bool = False
+    replicas: int = 0
 
 
 class Scripts:
@@ -118,18 +140,39 @@ class RedisState:
     def __init__(self, settings: Settings, consumer: str) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.client: Any = aioredis.Redis.from_url(
-            settings.url,
-            decode_responses=False,
-            retry=RedisRetry(NoBackoff(), 0),
-            health_check_interval=1,
-            socket_connect_timeout=5,
-            socket_timeout=settings.socket_timeout,
-            socket_keepalive=True,
-        )
+        options: dict[str, Any] = {
+            "decode_responses": False,
+            "health_check_interval": 1,
+            "socket_connect_timeout": 5,
+            "socket_timeout": settings.socket_timeout,
+            "socket_keepalive": True,
+        }
+        if settings.cluster:
+            # slot maps, redirects and failover discovery are redis-py's cluster client's
+            self.client: Any = RedisCluster.from_url(settings.url, **options)
+        else:
+            self.client = aioredis.Redis.from_url(
+                settings.url, retry=RedisRetry(NoBackoff(), 0), **options
+            )
         self.scripts = Scripts(self.client)
-        self.links = Links(self.client)
+        self.links = Links(self.client, cluster=settings.cluster)
         self._unlisted: dict[str, RefusedWrite] = {}  # groups whose listing Redis refused
+
+    async def follow(self, exc: BaseException) -> None:
+        """On a cluster, learn where the slots went after ``exc``: a ``MOVED`` reply
+        names the slot's new master; after a failure to connect, ``TRYAGAIN`` or
+        ``CLUSTERDOWN`` (a failover, a slot migration) the client asks the cluster for
+        its slot map again. Nothing on a single server."""
+        if not self.settings.cluster:
+            return
+        manager = self.client.nodes_manager
+        if isinstance(exc, MovedError):
+            manager.move_slot(exc)
+            return
+        try:
+            await manager.initialize()
+        except (RedisError, OSError) as error:
+            logger.warning("cannot read the cluster's slot map: %s", type(error).__name__)
 
     def keys(self, topic: str, group: str) -> Keys:
         """The keys of ``group`` on ``topic`` under this transport's prefix."""

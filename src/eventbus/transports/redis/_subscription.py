@@ -21,7 +21,7 @@ from ._entries import Fields, RedisDelivery, entry_delivery, message_fields, rea
 from ._handled import HandledRecords
 from ._links import ensure_connected, round_trip
 from ._refusals import RefusedWrite
-from ._state import RedisState, logger
+from ._state import REDIRECTS, RedisState, logger
 from ._suspects import Slot, Suspects, transport_notes
 
 __all__ = ["RedisSubscription"]
@@ -113,6 +113,8 @@ class RedisSubscription:
         try:
             await self._fetch()
             self._read_backoff.reset()
+        except REDIRECTS as exc:  # a cluster moved the slot: read where it is now
+            await self._rehome(exc)
         except ResponseError as exc:
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
@@ -123,8 +125,18 @@ class RedisSubscription:
                 self._group,
                 self._keys.stream,
             )
-        except self._state.connection_errors:
+        except self._state.connection_errors as exc:
+            await self._rehome(exc)
             await self._state.back_off(self._read_backoff, "reading")
+
+    async def _rehome(self, exc: BaseException) -> None:
+        """On a cluster, learn where the stream's slot is, and read there from now on."""
+        if not self._state.settings.cluster:
+            return
+        await self._state.follow(exc)
+        if self._link is not None:
+            link, self._link = self._link, None
+            await self._state.links.discard(link)
 
     async def _fetch(self) -> None:
         now = anyio.current_time()
@@ -161,7 +173,7 @@ class RedisSubscription:
     async def _read(self, now: float) -> None:
         """Send the queued acks and the XREADGROUP in one write, on a connection of its own."""
         if self._link is None:
-            self._link = self._state.links.take()
+            self._link = self._state.links.take(self._keys.stream)
         await ensure_connected(self._link)  # fails before anything is sent
         acks = self._acks
         batch = acks.sending = acks.take()
@@ -194,7 +206,7 @@ class RedisSubscription:
 
     async def flush_acks(self) -> None:
         """Send the queued acks in one round trip (see ``AckQueue.flush``)."""
-        await self._acks.flush(self._state.links)
+        await self._acks.flush(self._state.links, self._keys.stream)
 
     def _delivery(self, key: str, entry_id: str, fields: Fields) -> RedisDelivery:
         redeliver = key == self._keys.redeliver

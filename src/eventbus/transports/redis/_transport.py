@@ -69,6 +69,10 @@ class RedisTransport:
     - ``idempotency_ttl``: seconds a group remembers the event ids its idempotent
       subscribers handled (default one day): one key per event id and group,
       ``prefix:{name}:handled:group:<event id>``, with that TTL.
+    - ``cluster``: the URL names one node of a Redis Cluster (default False). redis-py's
+      cluster client keeps the slot map and follows redirects and failovers; publishing
+      and reading go straight to the master of each event name's slot (every key of one
+      name shares its hash tag). The URL's database must be 0; ``unix://`` is refused.
 
     The options are checked here (``ConfigurationError``); the URL too, so that a bad one
     fails at once rather than at connect.
@@ -89,8 +93,13 @@ class RedisTransport:
         publish_retry_for: float = 5.0,
         socket_timeout: float | None = None,
         idempotency_ttl: float = 86_400.0,
+        cluster: bool = False,
     ) -> None:
         _check_url(url)
+        if not isinstance(cluster, bool):
+            raise ConfigurationError("RedisTransport cluster must be True or False")
+        if cluster:
+            _check_cluster_url(url)
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ConfigurationError("prefix must be 1-100 of letters, digits and . _ : -")
         owner = "RedisTransport"
@@ -108,6 +117,7 @@ class RedisTransport:
             else check_seconds(owner, "socket_timeout", socket_timeout, zero=False),
             idempotency_ttl=check_seconds(owner, "idempotency_ttl", idempotency_ttl, zero=False),
             retention=None if retention is None else check_seconds(owner, "retention", retention),
+            cluster=cluster,
         )
         if consumer_name is not None and not (
             isinstance(consumer_name, str) and _NAME.fullmatch(consumer_name)
@@ -148,7 +158,8 @@ class RedisTransport:
 
     def __repr__(self) -> str:
         location = _safe_location(self._settings.url)
-        return f"RedisTransport({location!r}, prefix={self._settings.prefix!r})"
+        cluster = ", cluster=True" if self._settings.cluster else ""
+        return f"RedisTransport({location!r}, prefix={self._settings.prefix!r}{cluster})"
 
 
 def _check_url(url: object) -> None:
@@ -163,6 +174,18 @@ def _check_url(url: object) -> None:
         raise ConfigurationError(
             f"RedisTransport url {_safe_location(url)} has an invalid port"
         ) from None
+
+
+def _check_cluster_url(url: str) -> None:
+    """A cluster is reached over TCP, and has database 0 only."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        raise ConfigurationError("RedisTransport cluster=True needs a redis:// or rediss:// URL")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ConfigurationError(
+            f"RedisTransport cluster=True: a cluster has database 0 only, not "
+            f"{parts.path.strip('/')!r} ({_safe_location(url)})"
+        )
 
 
 def _safe_location(url: str) -> str:

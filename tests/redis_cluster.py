@@ -1,0 +1,101 @@
+"""A private Redis Cluster for tests: three masters and three replicas on loopback
+ports, each node in a directory of its own, formed with ``redis-cli --cluster create``."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from tests.redis_server import RedisServer
+
+__all__ = ["RedisCluster"]
+
+NODE_TIMEOUT_MS = 2000  # how long a master may be silent before its replica takes over
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher) is free too, both under 65,536."""
+    while True:
+        port = random.randint(20_000, 45_000)
+        if _free(port) and _free(port + 10_000):
+            return port
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class RedisCluster:
+    """Six redis-server processes in cluster mode: ``start()``, use ``url``, ``stop()``."""
+
+    def __init__(self, directory: Path, *, masters: int = 3, replicas: int = 1) -> None:
+        self.directory = directory
+        self.replicas = replicas
+        cluster: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-config-file")
+        cluster += ("nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
+        self.nodes = []
+        for number in range(masters * (1 + replicas)):
+            node_dir = directory / f"node-{number}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(RedisServer(node_dir, extra=cluster, port=cluster_port()))
+
+    @property
+    def url(self) -> str:
+        """The URL of the first node: the cluster client finds the others from it."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start every node, form the cluster, and wait until every node says it is ok."""
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        replicas = ("--cluster-replicas", str(self.replicas), "--cluster-yes")
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, *replicas],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_until_ok()
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node reports ``cluster_state:ok`` and the same slots."""
+        deadline = time.monotonic() + timeout
+        while not self.ok():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the cluster did not become ok")
+            time.sleep(0.05)  # polling servers that have no event to wait on
+
+    def ok(self) -> bool:
+        """Whether every running node sees the cluster as ok, with all slots assigned."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                with redis.Redis(port=node.port, socket_timeout=2) as client:
+                    info = client.execute_command("CLUSTER", "INFO")
+            except redis.RedisError:
+                return False
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text or "cluster_slots_assigned:16384" not in text:
+                return False
+        return True
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
