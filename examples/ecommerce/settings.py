@@ -98,12 +98,18 @@ class Settings:
         """Whether other processes can open the same database (a file, not memory)."""
         return self.db_path != ":memory:" and not self.db_path.startswith("file::memory:")
 
+    @property
+    def orders_need_scratch(self) -> bool:
+        """Whether the orders database goes in a temporary directory: no ``orders_db``,
+        and the shop's database in memory."""
+        return self.orders_db is None and not self.shared_database
+
     def orders_url(self, scratch: Path | None) -> str:
         """The orders database's URL: ``orders_db``, else an SQLite file beside the shop's
         database, else ``orders.db`` in the directory ``scratch`` (``ValueError`` if None)."""
         if self.orders_db is not None:
             return self.orders_db
-        if self.shared_database:
+        if not self.orders_need_scratch:
             path = Path(self.db_path)
             return sqlite_url(path.with_name(f"{path.stem}.orders{path.suffix or '.db'}"))
         if scratch is None:

@@ -69,7 +69,7 @@ class Shop:
     ) -> None:
         self.settings = settings
         self.db = Database(settings.db_path)
-        scratch = None if settings.orders_db or settings.shared_database else _scratch()
+        scratch = _scratch() if settings.orders_need_scratch else None
         self._remove_scratch = weakref.finalize(self, _remove, scratch)
         self.orders_engine = open_engine(settings.orders_url(scratch))
         self.users = auth.AuthStore(self.db)

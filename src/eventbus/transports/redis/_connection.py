@@ -131,8 +131,8 @@ class RedisConnection:
         backoff = self.state.backoff()
         while moved and anyio.current_time() < give_up:
             await self.state.follow(replies[moved[0]])
-            if not isinstance(replies[moved[0]], MovedError):
-                await self.state.back_off(backoff, "publishing (cluster in flux)", at_most=0.1)
+            if not isinstance(replies[moved[0]], MovedError):  # a slot moving, a failover
+                await backoff.wait(min(backoff.failed(), 0.1))
             again: list[Any] = []
             await self._send_runs(
                 [commands[i] for i in moved], [topics[i] for i in moved], sent, again, give_up

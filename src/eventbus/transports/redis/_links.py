@@ -43,8 +43,7 @@ class Links:
         self._client = client
         self._cluster = cluster
         self._spare: dict[str, list[Any]] = {}
-        self._home: dict[Any, str] = {}  # connection: the server it was made for
-        self._made: list[Any] = []
+        self._made: dict[Any, str] = {}  # each connection made: the server it was made for
         self._closed = False
 
     def take(self, key: str) -> Any:
@@ -53,37 +52,36 @@ class Links:
         redis-py's ``SlotNotCoveredError`` when no master serves the key's slot."""
         if self._closed:
             raise TransportClosedError("the connection to Redis is closed")
-        if not self._cluster:
-            spare = self._spare.get("")
-            if spare:
-                return spare.pop()
-            return self._keep(self._client.connection_pool.make_connection(), "")
-        node = self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key))
-        spare = self._spare.get(node.name)
+        node = self._node(key)
+        spare = self._spare.get("" if node is None else node.name)
         if spare:
             return spare.pop()
-        options = {**node.connection_kwargs, "retry": _NO_RETRY}
-        return self._keep(node.connection_class(**options), node.name)
+        if node is None:
+            conn, home = self._client.connection_pool.make_connection(), ""
+        else:
+            options = {**node.connection_kwargs, "retry": _NO_RETRY}
+            conn, home = node.connection_class(**options), node.name
+        self._made[conn] = home
+        return conn
+
+    def _node(self, key: str) -> Any:
+        """The cluster node (master) that serves ``key``'s slot; None on one server."""
+        if not self._cluster:
+            return None
+        return self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key))
 
     def runs(self, keys: list[str]) -> list[tuple[int, int]]:
         """``(start, end)`` of each run of consecutive keys served by one server: the
         whole list on a single server."""
         if not self._cluster:
             return [(0, len(keys))] if keys else []
-        homes = [self._client.keyslot(key) for key in keys]
-        nodes = self._client.nodes_manager
-        names = [nodes.get_node_from_slot(slot).name for slot in homes]
+        names = [self._node(key).name for key in keys]
         bounds, start = [], 0
         for index in range(1, len(names) + 1):
             if index == len(names) or names[index] != names[start]:
                 bounds.append((start, index))
                 start = index
         return bounds
-
-    def _keep(self, conn: Any, home: str) -> Any:
-        self._made.append(conn)
-        self._home[conn] = home
-        return conn
 
     async def give_back(self, conn: Any) -> None:
         """Return a connection whose replies were all read, or that is disconnected;
@@ -95,7 +93,7 @@ class Links:
         if self._cluster and not conn.is_connected:
             self._drop(conn)
             return
-        self._spare.setdefault(self._home.get(conn, ""), []).append(conn)  # no await
+        self._spare.setdefault(self._made.get(conn, ""), []).append(conn)  # no await
 
     async def discard(self, conn: Any) -> None:
         """Close a connection that is not to be used again (its server may be gone)."""
@@ -104,9 +102,7 @@ class Links:
             await _disconnect(conn)
 
     def _drop(self, conn: Any) -> None:
-        self._home.pop(conn, None)
-        if conn in self._made:
-            self._made.remove(conn)
+        self._made.pop(conn, None)
 
     @property
     def count(self) -> int:
@@ -116,7 +112,7 @@ class Links:
     async def aclose(self) -> None:
         """Disconnect every connection made here, without waiting for the server."""
         self._closed = True
-        made, self._made, self._spare, self._home = self._made, [], {}, {}
+        made, self._made, self._spare = list(self._made), {}, {}
         for conn in made:
             await _disconnect(conn)
 
