@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 
 from ._errors import ConfigurationError
+from ._partitions import topics_of
 from ._subscriber import Subscriber
 from .transports._contract import Connection, GroupManagement, Transport
 
@@ -83,4 +84,5 @@ async def declare(conn: Connection, subscribers: Iterable[Subscriber], *, all_: 
                 )
             continue
         for event_type in sub.event_types:
-            await conn.declare_group(event_type.event_name, sub.group, sub.start)
+            for topic in topics_of(event_type):
+                await conn.declare_group(topic, sub.group, sub.start)

@@ -12,6 +12,7 @@ from ._errors import BusStateError, ConfigurationError
 from ._event import Event
 from ._observer import DeadLetterErrors
 from ._options import check_start
+from ._partitions import topics_of
 from .transports._contract import (
     Connection,
     DeadLetterStore,
@@ -89,7 +90,10 @@ class Operations:
         workers first. Returns how many event types' groups were deleted. Raises
         ``ConfigurationError`` when the transport lacks ``GroupManagement``."""
         conn = self._managing("delete_group()")
-        return await conn.delete_group(group, _topic(event_type))
+        topics = _topics(event_type)
+        if topics is None:
+            return await conn.delete_group(group, None)
+        return sum([await conn.delete_group(group, topic) for topic in topics])
 
     async def reset_group(
         self, group: str, to: str = "latest", event_type: type[Event] | None = None
@@ -99,7 +103,10 @@ class Operations:
         ``"earliest"`` (handle again every message the transport keeps). Returns how
         many event types' groups were reset."""
         conn = self._managing("reset_group()")
-        return await conn.reset_group(group, check_start(to, "to"), _topic(event_type))
+        start, topics = check_start(to, "to"), _topics(event_type)
+        if topics is None:
+            return await conn.reset_group(group, start, None)
+        return sum([await conn.reset_group(group, start, topic) for topic in topics])
 
     def _managing(self, doing: str) -> GroupManagement:
         conn = self._open_connection()
@@ -133,10 +140,10 @@ class Operations:
         )
 
 
-def _topic(event_type: type[Event] | None) -> str | None:
-    """The wire name of ``event_type`` (None for every event type)."""
+def _topics(event_type: type[Event] | None) -> tuple[str, ...] | None:
+    """The topics of ``event_type``, one per partition (None for every event type)."""
     if event_type is None:
         return None
     if not (isinstance(event_type, type) and issubclass(event_type, Event)):
         raise ConfigurationError(f"event_type= takes an Event class, not {event_type!r}")
-    return event_type.event_name
+    return topics_of(event_type)

@@ -13,6 +13,7 @@ from ._event import Event
 from ._middleware import run_around
 from ._observer import Observers
 from ._outbox import OutboxStore
+from ._partitions import topic_of
 from .transports._contract import BatchPublishing, Connection, Message, ReferencePublishing
 
 __all__ = ["Publisher"]
@@ -69,7 +70,9 @@ class Publisher:
         tell the observers, then run its immediate subscribers when ``immediate``; return
         the transport's id of it."""
         stored_id: str = await self.publish_to(
-            envelope.name, self.pack(event, envelope) if item is None else item, timeout=timeout
+            topic_of(event, envelope),
+            self.pack(event, envelope) if item is None else item,
+            timeout=timeout,
         )
         if self.observers.published:
             self.observers.published_event(event, envelope)
@@ -99,7 +102,7 @@ class Publisher:
         items = [self.pack(event, envelope) for event, envelope in batch]
         if self._batch is not None and not self._on_publish:
             messages = cast(list[Message], items)  # a batch transport takes bytes only
-            pairs = [(env.name, msg) for (_, env), msg in zip(batch, messages, strict=True)]
+            pairs = [(topic_of(e, env), msg) for (e, env), msg in zip(batch, messages, strict=True)]
             await self._batch.publish_many(pairs, timeout=timeout)
             for event, envelope in batch:
                 self.observers.published_event(event, envelope)
@@ -122,14 +125,15 @@ class Publisher:
 
                 async def write(event: Event, envelope: Envelope, at: int = index) -> None:
                     message = self._codec.encode(event, envelope)
-                    await outbox.write(transaction, [(envelope.name, message)])
+                    await outbox.write(transaction, [(topic_of(event, envelope), message)])
                     written.append((event, envelope))
                     finals[at] = envelope
 
                 await run_around(self._on_publish, pair, write)
         else:
             encode = self._codec.encode
-            await outbox.write(transaction, [(env.name, encode(e, env)) for e, env in batch])
+            rows = [(topic_of(e, env), encode(e, env)) for e, env in batch]
+            await outbox.write(transaction, rows)
             written = batch
         if self.observers.published:
             for event, envelope in written:

@@ -13,8 +13,16 @@ from ._consumer import Consumer
 from ._delivery import Delivering, logger
 from ._errors import ConfigurationError
 from ._outbox import OutboxRelay
+from ._partitions import leftovers, topics_of
 from ._subscriber import Subscriber
-from .transports._contract import Connection, HandledRecord, IdleWaiting, Serving
+from .transports._contract import (
+    Connection,
+    GroupStats,
+    HandledRecord,
+    IdleWaiting,
+    Inspection,
+    Serving,
+)
 
 __all__ = ["Workers"]
 
@@ -55,26 +63,39 @@ class Workers:
             jobs.append(conn.serve)
         if jobs:
             task_group.start_soon(self._serve, jobs)
+        engines = list(engines)
+        stats = await conn.inspect() if engines and isinstance(conn, Inspection) else ()
         for engine in engines:
-            await self._subscribe(conn, engine, task_group)
+            await self._subscribe(conn, engine, task_group, stats)
 
     async def _subscribe(
-        self, conn: Connection, engine: Delivering, task_group: anyio.abc.TaskGroup
+        self,
+        conn: Connection,
+        engine: Delivering,
+        task_group: anyio.abc.TaskGroup,
+        stats: Sequence[GroupStats],
     ) -> None:
+        """Subscribe to every topic of each event type: its partitions, and those of an
+        earlier number of partitions that still hold work for the group (to drain)."""
         limiters = _lane_limiters(engine.sub)
         for event_type in engine.sub.event_types:
-            subscription = await conn.subscribe(event_type.event_name, engine.sub.group)
-            if engine.sub.idempotent and not isinstance(subscription, HandledRecord):
-                await subscription.aclose()
-                raise ConfigurationError(
-                    f"idempotent=True of {engine.sub.name} needs a transport whose "
-                    "subscriptions offer HandledRecord; "
-                    f"{type(subscription).__name__} does not"
-                )
-            limiter = limiters[event_type.event_urgent]
-            consumer = Consumer(engine, subscription, event_type, self._codec, limiter)
-            consumer.start(task_group)
-            self._consumers.append(consumer)
+            current = topics_of(event_type)
+            old = leftovers(event_type, engine.sub.group, stats)
+            for topic in (*current, *old):
+                subscription = await conn.subscribe(topic, engine.sub.group)
+                if engine.sub.idempotent and not isinstance(subscription, HandledRecord):
+                    await subscription.aclose()
+                    raise ConfigurationError(
+                        f"idempotent=True of {engine.sub.name} needs a transport whose "
+                        "subscriptions offer HandledRecord; "
+                        f"{type(subscription).__name__} does not"
+                    )
+                # concurrency counts per partition: its own loops bound each one
+                partitioned = len(current) > 1 or bool(old)
+                limiter = None if partitioned else limiters[event_type.event_urgent]
+                consumer = Consumer(engine, subscription, event_type, self._codec, limiter)
+                consumer.start(task_group)
+                self._consumers.append(consumer)
 
     async def flush_outbox(self) -> None:
         """Publish the outbox rows committed so far (nothing without a relay)."""
