@@ -95,6 +95,52 @@ class RedisCluster:
                 return False
         return True
 
+    def master_of(self, key: str) -> RedisServer:
+        """The node that the cluster says is the master of ``key``'s slot now."""
+        node = next(n for n in self.nodes if n.process is not None)
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        port = next(int(r[2][1]) for r in ranges if r[0] <= slot <= r[1])
+        return next(n for n in self.nodes if n.port == port)
+
+    def masters(self) -> list[RedisServer]:
+        """The running nodes that are masters now."""
+        found = []
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            with redis.Redis(port=node.port, socket_timeout=2) as client:
+                if client.info("replication")["role"] == "master":
+                    found.append(node)
+        return found
+
+    def move_slot(self, key: str, to: RedisServer, hold: float = 0.0) -> int:
+        """Move ``key``'s slot to the master ``to`` as ``redis-cli --cluster reshard``
+        does (IMPORTING, MIGRATING, MIGRATE of its keys, then NODE on every master),
+        holding ``hold`` seconds in each step so that clients meet ``ASK`` on the way.
+        Returns how many keys moved."""
+        source = self.master_of(key)
+        with (
+            redis.Redis(port=source.port, socket_timeout=10) as src,
+            redis.Redis(port=to.port, socket_timeout=10) as dst,
+        ):
+            slot = int(src.execute_command("CLUSTER", "KEYSLOT", key))
+            source_id = src.execute_command("CLUSTER", "MYID").decode()
+            target_id = dst.execute_command("CLUSTER", "MYID").decode()
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            time.sleep(hold)  # pacing the fault: clients work while the slot is migrating
+            moved = 0
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+            time.sleep(hold)  # the keys are on the target: clients are sent there by ASK
+        for node in self.masters():
+            with redis.Redis(port=node.port, socket_timeout=10) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
+
     def stop(self) -> None:
         """Stop every node."""
         for node in self.nodes:

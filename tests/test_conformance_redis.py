@@ -46,6 +46,7 @@ class TestRedisTransport(TransportConformance):
         assert not isinstance(conn, ReferencePublishing)
 
 
+@pytest.mark.cluster
 class TestRedisClusterTransport(TestRedisTransport):
     """RedisTransport on a Redis Cluster of three masters passes the same scenarios."""
 

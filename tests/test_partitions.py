@@ -180,6 +180,7 @@ async def test_on_redis_each_partition_is_a_stream_and_a_key_stays_in_one(
     assert len(set().union(*homes.values())) > 1
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_on_a_cluster_the_partitions_of_one_type_spread_over_the_masters(
     redis_cluster: RedisCluster,

@@ -14,7 +14,7 @@ from eventbus.testing.conformance._helpers import connected, message, receive_an
 from eventbus.transports.redis import RedisTransport
 from tests.redis_cluster import RedisCluster
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 @pytest.fixture

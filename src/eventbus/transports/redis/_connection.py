@@ -18,7 +18,7 @@ from eventbus._errors import (
 )
 from eventbus.transports._contract import GroupStats, Message, StoredDeadLetter
 
-from ._commands import XaddCommand
+from ._commands import XaddCommand, resp_command
 from ._dead_letters import DeadLetterStreams
 from ._groups import GroupAdmin, Unread
 from ._links import ensure_connected, round_trip
@@ -44,6 +44,13 @@ class RedisConnection:
         self.state = RedisState(settings, consumer)
         self._links = self.state.links
         self._xadd = XaddCommand(settings.prefix, settings.maxlen)
+        self._wait = (
+            resp_command(
+                [b"WAIT", b"%d" % settings.replicas, b"%d" % (settings.replica_timeout * 1000)]
+            )
+            if settings.replicas
+            else b""
+        )
         self._dead = DeadLetterStreams(self.state)
         self._subs: list[RedisSubscription] = []
         self._closed = False
@@ -158,15 +165,17 @@ class RedisConnection:
         retry_for = self.state.settings.publish_retry_for
         cluster = self.state.settings.cluster  # on one server: one run, no key needed
         keys = [self.state.stream(topic) for topic in topics] if cluster else topics
+        wait = self._wait  # WAIT for replicas after each run, when asked
         for start, end in self._links.runs(keys):
-            packed = b"".join(commands[start:end])
+            packed = b"".join(commands[start:end]) + wait
             key = keys[start]
+            count = end - start + bool(wait)
             while True:
                 try:
-                    await self._attempt(packed, end - start, key, sent, replies, give_up)
+                    await self._attempt(packed, count, key, sent, replies, give_up)
                     break
                 except PublishOutcomeUnknownError as exc:
-                    if end - start == len(commands):
+                    if end - start == len(commands) and not wait:
                         raise
                     raise _outcome_unknown(  # say it of the whole batch
                         "the connection to Redis broke after the events were sent",
@@ -187,6 +196,23 @@ class RedisConnection:
                         ) from exc
                     await self.state.follow(exc)
                 await self.state.back_off(backoff, "publishing", at_most=left)
+            if wait:
+                self._check_replicas(replies.pop(), start, len(commands))
+
+    def _check_replicas(self, reply: Any, start: int, count: int) -> None:
+        """Raise ``PublishOutcomeUnknownError`` unless ``reply`` (to ``WAIT``) says that
+        enough replicas have the run that began at event ``start`` of ``count``."""
+        wanted = self.state.settings.replicas
+        if isinstance(reply, int) and reply >= wanted:
+            return
+        said = f"{type(reply).__name__}: {reply}" if isinstance(reply, ResponseError) else reply
+        what = "the event" if count == 1 else f"events {start + 1} to {count}"
+        raise PublishOutcomeUnknownError(
+            f"Redis stored {what}, but {said} of the {wanted} replicas asked for confirmed "
+            f"within replica_timeout={self.state.settings.replica_timeout} s: a failover "
+            "may lose it",
+            stored=start,
+        )
 
     async def _attempt(
         self,

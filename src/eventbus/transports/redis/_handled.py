@@ -139,8 +139,10 @@ class HandledRecords:
             except ResponseError as exc:
                 if self._closed():
                     raise
-                if isinstance(exc, REDIRECTS):  # a cluster moved the slot
+                if isinstance(exc, REDIRECTS):  # a cluster moved the slot: ask where now
                     await self._state.follow(exc)
+                    await backoff.wait(min(backoff.failed(), 0.1))
+                    continue
                 delay = backoff.failed()
                 logger.error(
                     "Redis refused to read the handled records %s* (failure %d): %s: %s; "

@@ -21,7 +21,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    ClusterError,
     MovedError,
+    NoScriptError,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -62,9 +64,11 @@ __all__ = [
 logger = logging.getLogger("eventbus.redis")
 
 
-REDIRECTS = (AskError, TryAgainError, ClusterDownError)
+REDIRECTS = (AskError, TryAgainError, ClusterError)
 """Cluster replies that mean a command was not carried out (``MovedError`` is an
-``AskError``): send it again once ``RedisState.follow`` has learnt where its slot is."""
+``AskError``, ``ClusterDownError`` a ``ClusterError``; redis-py raises ``ClusterError``
+when a slot kept moving during its own retries): send it again once
+``RedisState.follow`` has learnt where its slot is."""
 
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
@@ -102,23 +106,50 @@ class Settings:
     retention: float | None = 3600.0
     cluster: bool = False
     replicas: int = 0
+    replica_timeout: float = 1.0
 
 
 class Scripts:
-    """The Lua scripts, registered on one client."""
+    """The Lua scripts, registered on one client.
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.retry = client.register_script(RETRY)
-        self.promote = client.register_script(PROMOTE)
-        self.dead_letter = client.register_script(DEAD_LETTER)
-        self.replay = client.register_script(REPLAY)
-        self.idle = client.register_script(IDLE)
-        self.stats = client.register_script(STATS)
-        self.claim_ids = client.register_script(CLAIM_IDS)
-        self.prune_consumers = client.register_script(PRUNE_CONSUMERS)
-        self.take = client.register_script(TAKE)
-        self.lease = client.register_script(LEASE)
-        self.trim = client.register_script(TRIM)
+    On a cluster, a script that a master does not know (``NOSCRIPT``: a replica promoted
+    by a failover, a node added by a reshard) is sent whole with ``EVAL`` to the master
+    of its keys, which caches it: redis-py would load it on the masters its slot map
+    lists, which may not include a new one yet.
+    """
+
+    def __init__(self, client: Any, *, cluster: bool = False) -> None:
+        def script(text: str) -> Any:
+            registered = client.register_script(text)
+            return _ClusterScript(client, registered, text) if cluster else registered
+
+        self.retry = script(RETRY)
+        self.promote = script(PROMOTE)
+        self.dead_letter = script(DEAD_LETTER)
+        self.replay = script(REPLAY)
+        self.idle = script(IDLE)
+        self.stats = script(STATS)
+        self.claim_ids = script(CLAIM_IDS)
+        self.prune_consumers = script(PRUNE_CONSUMERS)
+        self.take = script(TAKE)
+        self.lease = script(LEASE)
+        self.trim = script(TRIM)
+
+
+class _ClusterScript:
+    """A registered script called with ``EVALSHA``, and with ``EVAL`` on ``NOSCRIPT``."""
+
+    def __init__(self, client: Any, registered: Any, text: str) -> None:
+        self._client = client
+        self._sha = registered.sha
+        self._text = text
+
+    async def __call__(self, keys: list[Any], args: list[Any] | None = None) -> Any:
+        args = args or []
+        try:
+            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._client.eval(self._text, len(keys), *keys, *args)
 
 
 class RedisState:
@@ -154,25 +185,35 @@ class RedisState:
             self.client = aioredis.Redis.from_url(
                 settings.url, retry=RedisRetry(NoBackoff(), 0), **options
             )
-        self.scripts = Scripts(self.client)
+        self.scripts = Scripts(self.client, cluster=settings.cluster)
         self.links = Links(self.client, cluster=settings.cluster)
-        self._unlisted: dict[str, RefusedWrite] = {}  # groups whose listing Redis refused
+        self._unlisted: dict[str, RefusedWrite] = {}
+        self._reading_map = anyio.Lock()  # one read of a cluster's slot map at a time
+        self._slot_maps = 0  # how many were read  # groups whose listing Redis refused
 
     async def follow(self, exc: BaseException) -> None:
         """On a cluster, learn where the slots went after ``exc``: a ``MOVED`` reply
-        names the slot's new master; after a failure to connect, ``TRYAGAIN`` or
-        ``CLUSTERDOWN`` (a failover, a slot migration) the client asks the cluster for
-        its slot map again. Nothing on a single server."""
+        names the slot's new master; after a failure to connect or ``CLUSTERDOWN`` (a
+        failover) the client asks the cluster for its slot map again; ``ASK`` and
+        ``TRYAGAIN`` (a slot migrating) change nothing until the move ends. Nothing on
+        a single server."""
         if not self.settings.cluster:
             return
         manager = self.client.nodes_manager
         if isinstance(exc, MovedError):
             manager.move_slot(exc)
             return
-        try:
-            await manager.initialize()
-        except (RedisError, OSError) as error:
-            logger.warning("cannot read the cluster's slot map: %s", type(error).__name__)
+        if not isinstance(exc, ClusterDownError | OSError | RedisConnectionError):
+            return  # a slot is migrating (ASK, TRYAGAIN): the map holds until MOVED
+        seen = self._slot_maps
+        async with self._reading_map:
+            if self._slot_maps != seen:
+                return  # another task read the map while this one waited
+            try:
+                await manager.initialize()
+            except (RedisError, OSError) as error:
+                logger.warning("cannot read the cluster's slot map: %s", type(error).__name__)
+            self._slot_maps += 1
 
     def keys(self, topic: str, group: str) -> Keys:
         """The keys of ``group`` on ``topic`` under this transport's prefix."""

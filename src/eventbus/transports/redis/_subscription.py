@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MovedError, RedisError, ResponseError
 
 from eventbus._backoff import Backoff
 from eventbus._errors import TransportClosedError
@@ -115,9 +115,14 @@ class RedisSubscription:
             self._read_backoff.reset()
         except REDIRECTS as exc:  # a cluster moved the slot: read where it is now
             await self._rehome(exc)
+            if not isinstance(exc, MovedError):  # the slot is moving: wait a little
+                await self._read_backoff.wait(min(self._read_backoff.failed(), 0.1))
         except ResponseError as exc:
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
+            if self._state.settings.cluster and str(exc).startswith("UNBLOCKED"):
+                await self._rehome(exc)  # the stream left for another master (a reshard)
+                return
             await self._state.register_group(self._topic, self._group)
             logger.error(
                 "Redis lost the consumer group %s of %s (flushed, or restarted without "

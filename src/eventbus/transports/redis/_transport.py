@@ -73,6 +73,12 @@ class RedisTransport:
       cluster client keeps the slot map and follows redirects and failovers; publishing
       and reading go straight to the master of each event name's slot (every key of one
       name shares its hash tag). The URL's database must be 0; ``unix://`` is refused.
+    - ``replicas``: how many replicas must confirm an event before ``publish()`` returns
+      (default 0: as soon as the master stored it). With ``replicas=1`` each publish
+      waits (``WAIT``) until a replica of the master has the event, so that a failover
+      does not lose it; when fewer confirm within ``replica_timeout`` seconds (default
+      1), ``publish()`` raises ``PublishOutcomeUnknownError``: the master has the event,
+      but a failover may lose it. Costs a replica's round trip per publish.
 
     The options are checked here (``ConfigurationError``); the URL too, so that a bad one
     fails at once rather than at connect.
@@ -94,6 +100,8 @@ class RedisTransport:
         socket_timeout: float | None = None,
         idempotency_ttl: float = 86_400.0,
         cluster: bool = False,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         _check_url(url)
         if not isinstance(cluster, bool):
@@ -118,6 +126,8 @@ class RedisTransport:
             idempotency_ttl=check_seconds(owner, "idempotency_ttl", idempotency_ttl, zero=False),
             retention=None if retention is None else check_seconds(owner, "retention", retention),
             cluster=cluster,
+            replicas=check_count(owner, "replicas", replicas, minimum=0),
+            replica_timeout=check_seconds(owner, "replica_timeout", replica_timeout, zero=False),
         )
         if consumer_name is not None and not (
             isinstance(consumer_name, str) and _NAME.fullmatch(consumer_name)
@@ -159,7 +169,8 @@ class RedisTransport:
     def __repr__(self) -> str:
         location = _safe_location(self._settings.url)
         cluster = ", cluster=True" if self._settings.cluster else ""
-        return f"RedisTransport({location!r}, prefix={self._settings.prefix!r}{cluster})"
+        replicas = f", replicas={self._settings.replicas}" if self._settings.replicas else ""
+        return f"RedisTransport({location!r}, prefix={self._settings.prefix!r}{cluster}{replicas})"
 
 
 def _check_url(url: object) -> None:
