@@ -42,7 +42,8 @@ missing its rows are skipped and said so. Run it with::
 It needs ``redis-server`` on PATH (or ``--redis-server PATH``). The children silence the
 transport's warning that this Redis persists nothing. ``--quick`` is a smoke
 run (4,000 events, one run per variant); docs/performance.md has the figures of a full
-run. ``--retention SECONDS|none`` and ``--claim-timeout SECONDS`` set those options of
+run. ``--cluster`` measures a private Redis Cluster instead (``cluster_throughput.py``).
+``--retention SECONDS|none`` and ``--claim-timeout SECONDS`` set those options of
 the eventbus rows' ``RedisTransport`` (trimming runs every quarter of the claim timeout),
 to compare runs with and without trimming.
 """
@@ -817,6 +818,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="RedisTransport(claim_timeout=...) of the eventbus rows; trimming runs every "
         "quarter of it (default: the transport's)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="measure a private Redis Cluster against a single server instead "
+        "(benchmarks/cluster_throughput.py)",
+    )
     parser.add_argument("--child", choices=sorted(BY_KEY), help=argparse.SUPPRESS)
     parser.add_argument("--fill", choices=sorted(FILLS), help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
@@ -863,6 +870,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if server is None:
         raise SystemExit(f"{args.redis_server} not found: install Redis (apt install redis-server)")
     signal.signal(signal.SIGTERM, exit_on_sigterm)  # so that the server is stopped
+    if args.cluster:
+        from cluster_throughput import run_cluster_benchmark  # beside this script
+
+        with private_redis(server) as url:
+            run_cluster_benchmark(url, args.events, args.repeat)
+        return
     jobs = [job for job in JOBS if job.needs is None or importlib.util.find_spec(job.needs)]
     with private_redis(server) as url:
         print_header(args.events, args.repeat, url, transport_options(args))

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -37,9 +38,13 @@ def _free(port: int) -> bool:
 
 
 class RedisCluster:
-    """Six redis-server processes in cluster mode: ``start()``, use ``url``, ``stop()``."""
+    """Six redis-server processes in cluster mode: ``start()``, use ``url``, ``stop()``.
 
-    def __init__(self, directory: Path, *, masters: int = 3, replicas: int = 1) -> None:
+    ``appendonly=False`` keeps nothing on disk (the benchmark's setting)."""
+
+    def __init__(
+        self, directory: Path, *, masters: int = 3, replicas: int = 1, appendonly: bool = True
+    ) -> None:
         self.directory = directory
         self.replicas = replicas
         cluster: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-config-file")
@@ -48,7 +53,8 @@ class RedisCluster:
         for number in range(masters * (1 + replicas)):
             node_dir = directory / f"node-{number}"
             node_dir.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(RedisServer(node_dir, extra=cluster, port=cluster_port()))
+            node = RedisServer(node_dir, extra=cluster, port=cluster_port(), appendonly=appendonly)
+            self.nodes.append(node)
 
     @property
     def url(self) -> str:
@@ -71,14 +77,29 @@ class RedisCluster:
             timeout=60,
         )
         self.wait_until_ok()
+        self._wait(self.replicas_online, "the replicas' first sync")
 
     def wait_until_ok(self, timeout: float = 30.0) -> None:
         """Wait until every running node reports ``cluster_state:ok`` and the same slots."""
+        self._wait(self.ok, "the cluster to become ok", timeout)
+
+    @staticmethod
+    def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not self.ok():
+        while not condition():
             if time.monotonic() > deadline:
-                raise TimeoutError("the cluster did not become ok")
+                raise TimeoutError(f"timed out waiting for {what}")
             time.sleep(0.05)  # polling servers that have no event to wait on
+
+    def replicas_online(self) -> bool:
+        """Whether every master has its replicas online (their first sync done)."""
+        for node in self.masters():
+            with redis.Redis(port=node.port, socket_timeout=2) as client:
+                info = client.info("replication")
+            states = [info.get(f"slave{n}", {}).get("state") for n in range(self.replicas)]
+            if states != ["online"] * self.replicas:
+                return False
+        return True
 
     def ok(self) -> bool:
         """Whether every running node sees the cluster as ok, with all slots assigned."""

@@ -188,6 +188,7 @@ class RedisState:
         self.scripts = Scripts(self.client, cluster=settings.cluster)
         self.links = Links(self.client, cluster=settings.cluster)
         self._unlisted: dict[str, RefusedWrite] = {}
+        self._streams: dict[str, str] = {}  # topic: its stream key
         self._reading_map = anyio.Lock()  # one read of a cluster's slot map at a time
         self._slot_maps = 0  # how many were read  # groups whose listing Redis refused
 
@@ -221,7 +222,10 @@ class RedisState:
 
     def stream(self, topic: str) -> str:
         """The stream of ``topic`` under this transport's prefix."""
-        return Keys.of(self.settings.prefix, topic, "").stream
+        stream = self._streams.get(topic)
+        if stream is None:
+            stream = self._streams[topic] = Keys.of(self.settings.prefix, topic, "").stream
+        return stream
 
     # -- backing off -------------------------------------------------------------------
 
