@@ -61,6 +61,11 @@ class RedisCluster:
         """The URL of the first node: the cluster client finds the others from it."""
         return self.nodes[0].url
 
+    @property
+    def every_node_url(self) -> str:
+        """A URL that lists every node, so that a client starts while some are down."""
+        return "redis://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes) + "/0"
+
     def start(self) -> None:
         """Start every node, form the cluster, and wait until every node says it is ok."""
         for node in self.nodes:

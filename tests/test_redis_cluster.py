@@ -12,6 +12,7 @@ import redis
 from eventbus import ConfigurationError
 from eventbus.testing.conformance._helpers import connected, message, receive_and_ack
 from eventbus.transports.redis import RedisTransport
+from eventbus.transports.redis._state import node_urls
 from tests.redis_cluster import RedisCluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
@@ -82,3 +83,29 @@ def test_cluster_must_be_a_bool() -> None:
     """``cluster="yes"`` is a mistake, not a truthy value."""
     with pytest.raises(ConfigurationError, match="True or False"):
         RedisTransport("redis://127.0.0.1:7000/0", cluster="yes")  # type: ignore[arg-type]
+
+
+def test_a_cluster_url_may_list_several_nodes() -> None:
+    """``redis://user:pw@h1:7000,h2:7001/0?opt=1``: one URL per node, login and options
+    kept; a bad port in the list is refused."""
+    assert node_urls("redis://u:p@h1:7000,h2:7001/0?socket_timeout=2") == [
+        "redis://u:p@h1:7000/0?socket_timeout=2",
+        "redis://u:p@h2:7001/0?socket_timeout=2",
+    ]
+    assert node_urls("redis://h1:7000/0") == ["redis://h1:7000/0"]
+    with pytest.raises(ConfigurationError, match="invalid port"):
+        RedisTransport("redis://h1:7000,h2:port/0", cluster=True)
+
+
+async def test_a_worker_starts_while_the_first_listed_node_is_down(
+    redis_cluster: RedisCluster,
+) -> None:
+    """The first node of the list does not answer: the client finds the cluster through
+    the next ones."""
+    live = redis_cluster.every_node_url.replace("redis://", "redis://127.0.0.1:1,", 1)
+    transport = RedisTransport(live, prefix=f"c{secrets.token_hex(4)}", cluster=True)
+    async with connected(transport) as conn:
+        sub = await conn.subscribe("Listed", "g")
+        await conn.publish("Listed", message(7))
+        assert await receive_and_ack(sub, 1) == [7]
+        await sub.aclose()

@@ -2,7 +2,8 @@
 
 Configured through the environment:
 
-- ``EVENTBUS_TEST_REDIS_URL``, ``EVENTBUS_TEST_PREFIX``;
+- ``EVENTBUS_TEST_REDIS_URL``, ``EVENTBUS_TEST_PREFIX``, ``EVENTBUS_TEST_CLUSTER``
+  (``1``: the URL names a node of a Redis Cluster);
 - ``EVENTBUS_TEST_LEDGER``: a file that gets one line per handler start and end
   (``start ORDER PID`` / ``done ORDER PID``), written with O_APPEND so that it survives
   ``kill -9``;
@@ -63,6 +64,8 @@ def make_bus(middleware: Sequence[Middleware] = ()) -> EventBus:
         block=_number("BLOCK", "0.2"),
         prefetch=int(_number("PREFETCH", "16")),
         delivery_limit=int(_number("DELIVERY_LIMIT", "3")),
+        cluster=os.environ.get("EVENTBUS_TEST_CLUSTER") == "1",
+        publish_retry_for=15.0,
     )
     bus = EventBus(
         transport=transport,

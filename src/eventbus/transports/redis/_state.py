@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -57,6 +58,7 @@ __all__ = [
     "Scripts",
     "Settings",
     "logger",
+    "node_urls",
     "unlist_member",
     "wrapped",
 ]
@@ -73,6 +75,18 @@ when a slot kept moving during its own retries): send it again once
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
 _LEASE_BATCH = 500  # entry ids per LEASE script call (Lua's unpack has a limit)
+
+
+def node_urls(url: str) -> list[str]:
+    """The URL of each node a cluster URL lists (``redis://h1:7000,h2:7000/0``), each
+    with the URL's scheme, login, database and options; a URL of one node as it is."""
+    scheme, sep, rest = url.partition("://")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    login, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    return [f"{scheme}{sep}{login}{at}{host}{tail}" for host in hosts.split(",") if host]
 
 
 def unlist_member(state: RedisState, topic: str, group: str) -> tuple[str, str]:
@@ -180,7 +194,9 @@ class RedisState:
         }
         if settings.cluster:
             # slot maps, redirects and failover discovery are redis-py's cluster client's
-            self.client: Any = RedisCluster.from_url(settings.url, **options)
+            first, *others = node_urls(settings.url)
+            nodes = [ClusterNode(u.hostname or "", u.port or 6379) for u in map(urlsplit, others)]
+            self.client: Any = RedisCluster.from_url(first, startup_nodes=nodes, **options)
         else:
             self.client = aioredis.Redis.from_url(
                 settings.url, retry=RedisRetry(NoBackoff(), 0), **options

@@ -15,7 +15,7 @@ from eventbus._options import check_count, check_seconds
 from eventbus.transports._contract import Features
 
 from ._connection import RedisConnection
-from ._state import Settings
+from ._state import Settings, node_urls
 
 __all__ = ["RedisTransport"]
 
@@ -174,13 +174,15 @@ class RedisTransport:
 
 
 def _check_url(url: object) -> None:
-    """A redis://, rediss:// or unix:// URL with a valid port; the message hides secrets."""
+    """A redis://, rediss:// or unix:// URL with a valid port (each port, for a list of
+    cluster nodes); the message hides secrets."""
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigurationError(
             "RedisTransport url must start with redis://, rediss:// or unix://"
         )
     try:
-        urlsplit(url).port  # noqa: B018 - parses the port, raising ValueError when bad
+        for one in node_urls(url):
+            urlsplit(one).port  # noqa: B018 - parses the port, raising ValueError when bad
     except ValueError:
         raise ConfigurationError(
             f"RedisTransport url {_safe_location(url)} has an invalid port"
@@ -189,7 +191,7 @@ def _check_url(url: object) -> None:
 
 def _check_cluster_url(url: str) -> None:
     """A cluster is reached over TCP, and has database 0 only."""
-    parts = urlsplit(url)
+    parts = urlsplit(node_urls(url)[0])
     if parts.scheme == "unix":
         raise ConfigurationError("RedisTransport cluster=True needs a redis:// or rediss:// URL")
     if parts.path.strip("/") not in ("", "0"):
@@ -202,7 +204,7 @@ def _check_cluster_url(url: str) -> None:
 def _safe_location(url: str) -> str:
     """Scheme, host, port and database of a URL, without user or password."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(node_urls(url)[0])
         host = parts.hostname or parts.path or "?"
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
