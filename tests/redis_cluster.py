@@ -49,6 +49,7 @@ class RedisCluster:
         self.replicas = replicas
         cluster: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-config-file")
         cluster += ("nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
+        cluster += ("--repl-diskless-sync-delay", "0")  # a rejoining replica syncs at once
         self.nodes = []
         for number in range(masters * (1 + replicas)):
             node_dir = directory / f"node-{number}"

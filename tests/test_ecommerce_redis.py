@@ -190,8 +190,7 @@ def settled(client: Any, stream: str, group: str) -> bool:
 async def test_email_workers_killed_mid_flight_send_each_confirmation_once(
     story_settings: Settings, tmp_path: Path
 ) -> None:
-    """Orders go out through the outbox; the email worker is killed twice while sending,
-    restarts under its name, and every confirmation is sent once, a repeat included."""
+    """Email worker killed twice mid-send, an event repeated: each mail sent once."""
     url, db, prefix = (
         story_settings.redis_url,
         Path(story_settings.db_path),

@@ -63,8 +63,7 @@ def test_bad_partition_options_are_refused(options: dict[str, Any], message: str
 
 
 async def test_one_key_stays_in_order_while_partitions_run_side_by_side() -> None:
-    """concurrency=1 per partition: each order's steps arrive in order, and handlers of
-    different partitions run at the same time."""
+    """concurrency=1 per partition: each key in order, partitions side by side."""
     bus = EventBus(transport=InMemoryTransport())
     seen: dict[str, list[int]] = defaultdict(list)
     running, most = 0, 0
@@ -90,8 +89,7 @@ async def test_one_key_stays_in_order_while_partitions_run_side_by_side() -> Non
 
 
 async def test_a_key_given_at_publish_chooses_the_partition() -> None:
-    """``key=`` puts every event of one key in one partition; without it the event ids
-    spread them over all the partitions."""
+    """``key=`` keeps its events in one partition; event ids spread the others."""
     bus = EventBus(transport=InMemoryTransport(), consume=False)  # the groups wait
 
     @bus.subscribe(group="g")
@@ -163,8 +161,7 @@ async def run_in_order(transport: RedisTransport, events: list[OrderStep]) -> di
 async def test_on_redis_each_partition_is_a_stream_and_a_key_stays_in_one(
     redis_server: RedisServer, redis_admin: Any
 ) -> None:
-    """``prefix:{OrderStep#n}``, one stream per partition; every step of an order lands
-    in the same stream and is handled in order."""
+    """One stream per partition; each order's steps in one stream, in order."""
     prefix = f"p{secrets.token_hex(4)}"
     transport = RedisTransport(redis_server.url, prefix=prefix, block=0.2)
     seen = await run_in_order(transport, order_steps(12, 5))
@@ -212,8 +209,7 @@ class MovingAfter(Event, name="Moving", partitions=3):
 
 
 async def test_a_worker_started_after_a_change_of_partitions_drains_the_old_layout() -> None:
-    """Events waiting in the one stream of the old layout are handled by a worker of the
-    new layout, beside the new partitions; nothing is left behind."""
+    """A worker of the new layout also drains the old layout's stream."""
     transport = InMemoryTransport()
     before = EventBus(transport=transport, consume=False)
 
@@ -240,8 +236,7 @@ async def test_a_worker_started_after_a_change_of_partitions_drains_the_old_layo
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_the_outbox_relays_each_event_to_its_partition(tmp_path: Path) -> None:
-    """Written in a transaction with ``key=``, relayed after the commit: the event lands
-    in the partition of its key, as a direct publish would."""
+    """Written with ``key=`` in a transaction, relayed to the key's partition."""
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}")
     bus = EventBus(transport=InMemoryTransport(), consume=False, outbox=Outbox(engine))
 

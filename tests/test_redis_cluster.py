@@ -12,7 +12,6 @@ import redis
 from eventbus import ConfigurationError
 from eventbus.testing.conformance._helpers import connected, message, receive_and_ack
 from eventbus.transports.redis import RedisTransport
-from eventbus.transports.redis._state import node_urls
 from tests.redis_cluster import RedisCluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
@@ -38,8 +37,7 @@ def stat(client: Any, section: str, name: str, field: str) -> int:
 async def test_events_of_many_names_spread_over_the_masters_without_redirects(
     redis_cluster: RedisCluster,
 ) -> None:
-    """Thirty event names, published as a batch and one by one, each handled once: every
-    master stores some, and no command was sent to a node that had to redirect it."""
+    """Thirty event names land on all three masters, with no redirected command."""
     nodes = masters(redis_cluster)
     assert len(nodes) == 3
     moved_before = sum(stat(c, "errorstats", "errorstat_MOVED", "count") for c in nodes)
@@ -85,23 +83,18 @@ def test_cluster_must_be_a_bool() -> None:
         RedisTransport("redis://127.0.0.1:7000/0", cluster="yes")  # type: ignore[arg-type]
 
 
-def test_a_cluster_url_may_list_several_nodes() -> None:
-    """``redis://user:pw@h1:7000,h2:7001/0?opt=1``: one URL per node, login and options
-    kept; a bad port in the list is refused."""
-    assert node_urls("redis://u:p@h1:7000,h2:7001/0?socket_timeout=2") == [
-        "redis://u:p@h1:7000/0?socket_timeout=2",
-        "redis://u:p@h2:7001/0?socket_timeout=2",
-    ]
-    assert node_urls("redis://h1:7000/0") == ["redis://h1:7000/0"]
+def test_a_node_list_needs_cluster_true_and_valid_ports() -> None:
+    """A list of nodes without cluster=True, or with a bad port: ConfigurationError."""
     with pytest.raises(ConfigurationError, match="invalid port"):
         RedisTransport("redis://h1:7000,h2:port/0", cluster=True)
+    with pytest.raises(ConfigurationError, match="cluster=True"):
+        RedisTransport("redis://h1:7000,h2:7001/0")
 
 
 async def test_a_worker_starts_while_the_first_listed_node_is_down(
     redis_cluster: RedisCluster,
 ) -> None:
-    """The first node of the list does not answer: the client finds the cluster through
-    the next ones."""
+    """The first listed node is down: the client finds the cluster through the next."""
     live = redis_cluster.every_node_url.replace("redis://", "redis://127.0.0.1:1,", 1)
     transport = RedisTransport(live, prefix=f"c{secrets.token_hex(4)}", cluster=True)
     async with connected(transport) as conn:

@@ -11,14 +11,11 @@ that the group ``ledger`` has nothing pending on the stream or its redeliver str
 from __future__ import annotations
 
 import json
-import os
 import random
 import secrets
 import signal
 import socket
 import subprocess
-import sys
-from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +35,7 @@ from eventbus import (
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated
 from tests.redis_server import RedisServer
+from tests.subprocess_workers import Ledger, Worker
 from tests.waiting import Condition, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -64,76 +62,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
-
-
-class Ledger:
-    """The lines the workers' handlers wrote."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def lines(self) -> list[tuple[str, str, int]]:
-        """(kind, order id, pid) of every line, in the order they were written."""
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_bytes().split(b"\n")[:-1]:  # a line being written waits
-            kind, order, pid = line.decode().split()
-            out.append((kind, order, int(pid)))
-        return out
-
-    def count(self, kind: str) -> Counter[str]:
-        """How many ``kind`` lines (``start`` or ``done``) each order id has."""
-        return Counter(order for k, order, _ in self.lines() if k == kind)
-
-    def done(self) -> Counter[str]:
-        """How many times each order id was handled to the end."""
-        return self.count("done")
-
-    def pids(self, kind: str, order: str) -> list[int]:
-        """The processes that wrote a ``kind`` line for ``order``."""
-        return [pid for k, o, pid in self.lines() if k == kind and o == order]
-
-
-class Worker:
-    """One worker process; its stdout and stderr go to files in the test's directory."""
-
-    def __init__(self, label: str, consumer: str, env: dict[str, str], directory: Path) -> None:
-        self.label = label
-        self.stdout = directory / f"{label}.out"
-        self.stderr = directory / f"{label}.err"
-        argv = [sys.executable, "-m", "eventbus", "worker", "tests.worker_app:make_bus"]
-        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
-            self.process = subprocess.Popen(
-                [*argv, "--name", consumer],
-                cwd=ROOT,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=err,
-            )
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.process.pid
-
-    def ready(self) -> bool:
-        """Whether the worker printed its ready line."""
-        return "eventbus worker ready" in self.stdout.read_text()
-
-    def exited(self) -> bool:
-        """Whether the process has exited."""
-        return self.process.poll() is not None
-
-    def kill(self) -> None:
-        """SIGKILL the worker and reap it."""
-        if not self.exited():
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def log(self, tail: int = 3000) -> str:
-        """The end of the worker's stderr (its log)."""
-        return f"--- {self.label} (pid {self.pid}) ---\n{self.stderr.read_text()[-tail:]}"
 
 
 class Scenario:

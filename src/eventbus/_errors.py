@@ -81,6 +81,8 @@ class PublishTimeoutError(PublishError, TimeoutError):
 
 class PublishOutcomeUnknownError(PublishError):
     """The event was sent but the reply was lost: it may or may not have been stored.
+    Also when it was stored but fewer replicas than asked for (``RedisTransport(...,
+    replicas=N)``) confirmed it: a failover may lose it.
 
     Retrying blindly may publish it twice; consumers should be idempotent, or the
     application can check before publishing again.

@@ -13,6 +13,7 @@ __all__ = ["Event"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 MAX_PARTITIONS = 1024
+"""The most partitions an event type may have."""
 
 
 class Event(BaseModel):
@@ -36,7 +37,7 @@ class Event(BaseModel):
       group reads all of them, each with its own consumer loops and ``concurrency``.
     - ``partition_key``: the field whose value chooses the partition, so that the events
       of one key (one order) stay in one partition, in order. Without it (and without a
-      ``key=`` at publish), the event id chooses.
+      ``key=`` at publish), the event id chooses. Ignored with one partition.
 
     Instances are frozen: assigning a field raises. Nested containers should be tuples
     or frozen models too, since subscribers in one process share the same instance.

@@ -87,7 +87,8 @@ class Operations:
     async def delete_group(self, group: str, event_type: type[Event] | None = None) -> int:
         """Delete ``group`` on the transport (for ``event_type`` only, when given), with
         what it holds: pending and queued messages, retries, dead letters. Stop its
-        workers first. Returns how many event types' groups were deleted. Raises
+        workers first. Returns how many groups were deleted (one per event type, or per
+        partition of a partitioned type). Raises
         ``ConfigurationError`` when the transport lacks ``GroupManagement``."""
         conn = self._managing("delete_group()")
         topics = _topics(event_type)
@@ -101,7 +102,7 @@ class Operations:
         """Drop what ``group`` has not handled (pending and scheduled included) and move
         it to ``to``: ``"latest"`` (handle only what is published from now on) or
         ``"earliest"`` (handle again every message the transport keeps). Returns how
-        many event types' groups were reset."""
+        many groups were reset (one per event type, or per partition)."""
         conn = self._managing("reset_group()")
         start, topics = check_start(to, "to"), _topics(event_type)
         if topics is None:

@@ -11,7 +11,7 @@ import anyio.abc
 from ._codec import Codec
 from ._consumer import Consumer
 from ._delivery import Delivering, logger
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, EventBusError
 from ._outbox import OutboxRelay
 from ._partitions import leftovers, topics_of
 from ._subscriber import Subscriber
@@ -64,7 +64,7 @@ class Workers:
         if jobs:
             task_group.start_soon(self._serve, jobs)
         engines = list(engines)
-        stats = await conn.inspect() if engines and isinstance(conn, Inspection) else ()
+        stats = await _stats(conn) if engines else ()
         for engine in engines:
             await self._subscribe(conn, engine, task_group, stats)
 
@@ -193,3 +193,20 @@ def _lane_limiters(sub: Subscriber) -> dict[bool, anyio.CapacityLimiter | None]:
         count = sum(1 for t in sub.event_types if t.event_urgent is urgent)
         limiters[urgent] = anyio.CapacityLimiter(sub.concurrency) if count > 1 else None
     return limiters
+
+
+async def _stats(conn: Connection) -> Sequence[GroupStats]:
+    """The transport's groups, to find the topics of an earlier number of partitions
+    that still hold work; none when it cannot tell (logged: nothing is read there)."""
+    if not isinstance(conn, Inspection):
+        return ()
+    try:
+        return await conn.inspect()
+    except EventBusError as exc:
+        logger.warning(
+            "cannot list the groups (%s: %s): topics of an earlier number of partitions "
+            "are not read by this worker",
+            type(exc).__name__,
+            exc,
+        )
+        return ()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import (
@@ -236,7 +237,8 @@ def router(
         try:
             charge = await gateway.charge(body.card_number, amount, currency)
         except BaseException:
-            await store.set_status(order_id, "pending", was=("paying",))
+            with anyio.CancelScope(shield=True):  # a cancelled request still releases it
+                await store.set_status(order_id, "pending", was=("paying",))
             raise
         if charge.approved and charge.payment_id is not None:
             await store.set_status(order_id, "paid", was=("paying",), payment_id=charge.payment_id)

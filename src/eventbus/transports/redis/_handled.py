@@ -15,11 +15,12 @@ from typing import Any
 import anyio
 from redis.exceptions import ResponseError
 
+from ._cluster import REDIRECTS
 from ._commands import resp_arg, resp_command
 from ._entries import RedisDelivery
 from ._links import ensure_connected, round_trip
 from ._scripts import RECORD_AND_ACK, Keys
-from ._state import REDIRECTS, RedisState, logger
+from ._state import RedisState, logger
 
 __all__ = ["HandledRecords", "record_and_ack"]
 
@@ -134,14 +135,13 @@ class HandledRecords:
             except self._state.connection_errors as exc:
                 if self._closed():
                     raise
-                await self._state.follow(exc)
+                await self._state.slots.follow(exc)
                 await self._state.back_off(backoff, "reading handled records")
             except ResponseError as exc:
                 if self._closed():
                     raise
                 if isinstance(exc, REDIRECTS):  # a cluster moved the slot: ask where now
-                    await self._state.follow(exc)
-                    await backoff.wait(min(backoff.failed(), 0.1))
+                    await self._state.slots.redirected(exc, backoff, "reading handled records")
                     continue
                 delay = backoff.failed()
                 logger.error(

@@ -19,22 +19,19 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
-    AskError,
-    ClusterDownError,
-    ClusterError,
-    MovedError,
     NoScriptError,
+    RedisClusterException,
     RedisError,
     ResponseError,
-    TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbus._backoff import Backoff
 from eventbus._errors import TransportError
 
+from ._cluster import SlotMap, node_urls
 from ._links import Links
 from ._refusals import RefusedWrite
 from ._scripts import (
@@ -53,12 +50,10 @@ from ._scripts import (
 )
 
 __all__ = [
-    "REDIRECTS",
     "RedisState",
     "Scripts",
     "Settings",
     "logger",
-    "node_urls",
     "unlist_member",
     "wrapped",
 ]
@@ -66,27 +61,9 @@ __all__ = [
 logger = logging.getLogger("eventbus.redis")
 
 
-REDIRECTS = (AskError, TryAgainError, ClusterError)
-"""Cluster replies that mean a command was not carried out (``MovedError`` is an
-``AskError``, ``ClusterDownError`` a ``ClusterError``; redis-py raises ``ClusterError``
-when a slot kept moving during its own retries): send it again once
-``RedisState.follow`` has learnt where its slot is."""
-
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
 _LEASE_BATCH = 500  # entry ids per LEASE script call (Lua's unpack has a limit)
-
-
-def node_urls(url: str) -> list[str]:
-    """The URL of each node a cluster URL lists (``redis://h1:7000,h2:7000/0``), each
-    with the URL's scheme, login, database and options; a URL of one node as it is."""
-    scheme, sep, rest = url.partition("://")
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    netloc, tail = rest[:cut], rest[cut:]
-    login, at, hosts = netloc.rpartition("@")
-    if "," not in hosts:
-        return [url]
-    return [f"{scheme}{sep}{login}{at}{host}{tail}" for host in hosts.split(",") if host]
 
 
 def unlist_member(state: RedisState, topic: str, group: str) -> tuple[str, str]:
@@ -99,7 +76,7 @@ async def wrapped(doing: str) -> AsyncIterator[None]:
     """Turn redis-py's exceptions into ``TransportError`` (the original is the cause)."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, RedisClusterException) as exc:
         raise TransportError(f"Redis failed while {doing}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -185,6 +162,8 @@ class RedisState:
     def __init__(self, settings: Settings, consumer: str) -> None:
         self.settings = settings
         self.consumer = consumer
+        if settings.cluster:  # no master known for a slot: unreachable for now
+            self.connection_errors = (*RedisState.connection_errors, RedisClusterException)
         options: dict[str, Any] = {
             "decode_responses": False,
             "health_check_interval": 1,
@@ -203,34 +182,9 @@ class RedisState:
             )
         self.scripts = Scripts(self.client, cluster=settings.cluster)
         self.links = Links(self.client, cluster=settings.cluster)
-        self._unlisted: dict[str, RefusedWrite] = {}
+        self.slots = SlotMap(self.client, cluster=settings.cluster)
+        self._unlisted: dict[str, RefusedWrite] = {}  # groups whose listing Redis refused
         self._streams: dict[str, str] = {}  # topic: its stream key
-        self._reading_map = anyio.Lock()  # one read of a cluster's slot map at a time
-        self._slot_maps = 0  # how many were read  # groups whose listing Redis refused
-
-    async def follow(self, exc: BaseException) -> None:
-        """On a cluster, learn where the slots went after ``exc``: a ``MOVED`` reply
-        names the slot's new master; after a failure to connect or ``CLUSTERDOWN`` (a
-        failover) the client asks the cluster for its slot map again; ``ASK`` and
-        ``TRYAGAIN`` (a slot migrating) change nothing until the move ends. Nothing on
-        a single server."""
-        if not self.settings.cluster:
-            return
-        manager = self.client.nodes_manager
-        if isinstance(exc, MovedError):
-            manager.move_slot(exc)
-            return
-        if not isinstance(exc, ClusterDownError | OSError | RedisConnectionError):
-            return  # a slot is migrating (ASK, TRYAGAIN): the map holds until MOVED
-        seen = self._slot_maps
-        async with self._reading_map:
-            if self._slot_maps != seen:
-                return  # another task read the map while this one waited
-            try:
-                await manager.initialize()
-            except (RedisError, OSError) as error:
-                logger.warning("cannot read the cluster's slot map: %s", type(error).__name__)
-            self._slot_maps += 1
 
     def keys(self, topic: str, group: str) -> Keys:
         """The keys of ``group`` on ``topic`` under this transport's prefix."""

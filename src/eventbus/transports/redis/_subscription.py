@@ -9,19 +9,20 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
-from redis.exceptions import MovedError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from eventbus._backoff import Backoff
 from eventbus._errors import TransportClosedError
 from eventbus.transports._contract import Delivery, FailureNotes
 
 from ._acks import AckQueue
+from ._cluster import REDIRECTS
 from ._commands import XreadgroupCommand
 from ._entries import Fields, RedisDelivery, entry_delivery, message_fields, read_entries
 from ._handled import HandledRecords
 from ._links import ensure_connected, round_trip
 from ._refusals import RefusedWrite
-from ._state import REDIRECTS, RedisState, logger
+from ._state import RedisState, logger
 from ._suspects import Slot, Suspects, transport_notes
 
 __all__ = ["RedisSubscription"]
@@ -114,9 +115,8 @@ class RedisSubscription:
             await self._fetch()
             self._read_backoff.reset()
         except REDIRECTS as exc:  # a cluster moved the slot: read where it is now
-            await self._rehome(exc)
-            if not isinstance(exc, MovedError):  # the slot is moving: wait a little
-                await self._read_backoff.wait(min(self._read_backoff.failed(), 0.1))
+            await self._drop_link()
+            await self._state.slots.redirected(exc, self._read_backoff, "reading")
         except ResponseError as exc:
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
@@ -136,9 +136,12 @@ class RedisSubscription:
 
     async def _rehome(self, exc: BaseException) -> None:
         """On a cluster, learn where the stream's slot is, and read there from now on."""
-        if not self._state.settings.cluster:
-            return
-        await self._state.follow(exc)
+        if self._state.settings.cluster:
+            await self._state.slots.follow(exc)
+            await self._drop_link()
+
+    async def _drop_link(self) -> None:
+        """Close the reading link, so that the next read takes one to the slot's master."""
         if self._link is not None:
             link, self._link = self._link, None
             await self._state.links.discard(link)

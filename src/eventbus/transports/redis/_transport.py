@@ -14,8 +14,9 @@ from eventbus._errors import ConfigurationError, TransportError
 from eventbus._options import check_count, check_seconds
 from eventbus.transports._contract import Features
 
+from ._cluster import node_urls
 from ._connection import RedisConnection
-from ._state import Settings, node_urls
+from ._state import Settings
 
 __all__ = ["RedisTransport"]
 
@@ -69,7 +70,9 @@ class RedisTransport:
     - ``idempotency_ttl``: seconds a group remembers the event ids its idempotent
       subscribers handled (default one day): one key per event id and group,
       ``prefix:{name}:handled:group:<event id>``, with that TTL.
-    - ``cluster``: the URL names one node of a Redis Cluster (default False). redis-py's
+    - ``cluster``: the URL names a node of a Redis Cluster, or several
+      (``redis://h1:7000,h2:7000/0``: a process starting while one is down finds the
+      cluster through another) (default False). redis-py's
       cluster client keeps the slot map and follows redirects and failovers; publishing
       and reading go straight to the master of each event name's slot (every key of one
       name shares its hash tag). The URL's database must be 0; ``unix://`` is refused.
@@ -108,6 +111,10 @@ class RedisTransport:
             raise ConfigurationError("RedisTransport cluster must be True or False")
         if cluster:
             _check_cluster_url(url)
+        elif len(node_urls(url)) > 1:
+            raise ConfigurationError(
+                "RedisTransport url lists several nodes: give cluster=True for a Redis Cluster"
+            )
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ConfigurationError("prefix must be 1-100 of letters, digits and . _ : -")
         owner = "RedisTransport"

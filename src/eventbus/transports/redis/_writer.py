@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
-from redis.exceptions import MovedError, ResponseError
+from redis.exceptions import ResponseError
 
+from eventbus._backoff import Backoff
 from eventbus._errors import (
     EncodeError,
+    PublishError,
     PublishOutcomeUnknownError,
     PublishRefusedError,
     PublishTimeoutError,
@@ -19,10 +21,11 @@ from eventbus._errors import (
 )
 from eventbus.transports._contract import Message
 
+from ._cluster import REDIRECTS
 from ._commands import XaddCommand, resp_command
 from ._groups import Unread
 from ._links import ensure_connected, round_trip
-from ._state import REDIRECTS, RedisState
+from ._state import RedisState
 
 __all__ = ["StreamWriter"]
 
@@ -40,7 +43,12 @@ class StreamWriter:
         self._xadd = XaddCommand(settings.prefix, settings.maxlen)
         self._wait = (
             resp_command(
-                [b"WAIT", b"%d" % settings.replicas, b"%d" % (settings.replica_timeout * 1000)]
+                # WAIT 0 would wait forever: at least a millisecond
+                [
+                    b"WAIT",
+                    b"%d" % settings.replicas,
+                    b"%d" % max(1, settings.replica_timeout * 1000),
+                ]
             )
             if settings.replicas
             else b""
@@ -121,15 +129,21 @@ class StreamWriter:
         give_up = anyio.current_time() + self.state.settings.publish_retry_for
         await self._send_runs(commands, topics, sent, replies, give_up)
         moved = [i for i, reply in enumerate(replies) if isinstance(reply, REDIRECTS)]
-        backoff = self.state.backoff()
+        backoff: Backoff | None = None
         while moved and anyio.current_time() < give_up:
-            await self.state.follow(replies[moved[0]])
-            if not isinstance(replies[moved[0]], MovedError):  # a slot moving, a failover
-                await backoff.wait(min(backoff.failed(), 0.1))
+            backoff = backoff or self.state.backoff()
+            await self.state.slots.redirected(replies[moved[0]], backoff, "publishing")
             again: list[Any] = []
-            await self._send_runs(
-                [commands[i] for i in moved], [topics[i] for i in moved], sent, again, give_up
-            )
+            try:
+                await self._send_runs(
+                    [commands[i] for i in moved], [topics[i] for i in moved], sent, again, give_up
+                )
+            except (PublishError, TransportError) as exc:  # said of the whole batch
+                raise _outcome_unknown(
+                    f"resending events the cluster redirected failed ({exc})",
+                    replies,
+                    len(commands),
+                ) from exc
             for i, reply in zip(moved, again, strict=True):
                 replies[i] = reply
             moved = [i for i in moved if isinstance(replies[i], REDIRECTS)]
@@ -146,57 +160,73 @@ class StreamWriter:
         replies: list[Any],
         give_up: float,
     ) -> None:
-        """Send each run of commands for one server in one round trip, in order."""
-        backoff = self.state.backoff()
-        retry_for = self.state.settings.publish_retry_for
+        """Send each run of commands for one server in one round trip, in order, each
+        followed by ``WAIT`` when ``replicas`` asks for it."""
         cluster = self.state.settings.cluster  # on one server: one run, no key needed
         keys = [self.state.stream(topic) for topic in topics] if cluster else topics
-        wait = self._wait  # WAIT for replicas after each run, when asked
         for start, end in self._links.runs(keys):
-            packed = b"".join(commands[start:end]) + wait
-            key = keys[start]
-            count = end - start + bool(wait)
-            while True:
-                try:
-                    await self._attempt(packed, count, key, sent, replies, give_up)
-                    break
-                except PublishOutcomeUnknownError as exc:
-                    if end - start == len(commands) and not wait:
-                        raise
-                    raise _outcome_unknown(  # say it of the whole batch
-                        "the connection to Redis broke after the events were sent",
-                        replies,
-                        len(commands),
-                    ) from exc.__cause__
-                except self.state.connection_errors as exc:  # nothing of this run was sent
-                    left = give_up - anyio.current_time()
-                    if replies:  # an earlier run was stored
-                        raise _outcome_unknown(
-                            "Redis could not be reached for the rest of the batch",
-                            replies,
-                            len(commands),
-                        ) from exc
-                    if left <= 0:
-                        raise TransportError(
-                            f"cannot reach Redis to publish (publish_retry_for={retry_for} s)"
-                        ) from exc
-                    await self.state.follow(exc)
-                await self.state.back_off(backoff, "publishing", at_most=left)
-            if wait:
-                self._check_replicas(replies.pop(), start, len(commands))
+            try:
+                await self._send_run(b"".join(commands[start:end]), end - start, keys[start],
+                                     sent, replies, give_up)  # fmt: skip
+            except PublishOutcomeUnknownError as exc:
+                if end - start == len(commands) and not self._wait:
+                    raise
+                raise _outcome_unknown(  # say it of the whole batch
+                    "the connection to Redis broke after the events were sent",
+                    replies,
+                    len(commands),
+                ) from exc.__cause__
+            except self.state.connection_errors as exc:  # an earlier run was stored
+                raise _outcome_unknown(
+                    "Redis could not be reached for the rest of the batch", replies, len(commands)
+                ) from exc
+            if self._wait:
+                self._check_replicas(replies.pop(), start, end, len(commands))
 
-    def _check_replicas(self, reply: Any, start: int, count: int) -> None:
+    async def _send_run(
+        self,
+        packed: bytes,
+        count: int,
+        key: str,
+        sent: list[bool],
+        replies: list[Any],
+        give_up: float,
+    ) -> None:
+        """Send one run, trying again while its server cannot be reached and nothing of
+        the batch was sent, until ``give_up``; then ``TransportError``. Raises the
+        connection error when an earlier run was sent."""
+        backoff: Backoff | None = None
+        while True:
+            try:
+                return await self._attempt(
+                    packed + self._wait, count + bool(self._wait), key, sent, replies, give_up
+                )
+            except self.state.connection_errors as exc:  # nothing of this run was sent
+                left = give_up - anyio.current_time()
+                if replies:
+                    raise
+                if left <= 0:
+                    retry_for = self.state.settings.publish_retry_for
+                    raise TransportError(
+                        f"cannot reach Redis to publish (publish_retry_for={retry_for} s)"
+                    ) from exc
+                await self.state.slots.follow(exc)
+            backoff = backoff or self.state.backoff()
+            await self.state.back_off(backoff, "publishing", at_most=left)
+
+    def _check_replicas(self, reply: Any, start: int, end: int, count: int) -> None:
         """Raise ``PublishOutcomeUnknownError`` unless ``reply`` (to ``WAIT``) says that
-        enough replicas have the run that began at event ``start`` of ``count``."""
+        enough replicas have events ``start`` to ``end`` of ``count``."""
         wanted = self.state.settings.replicas
         if isinstance(reply, int) and reply >= wanted:
             return
         said = f"{type(reply).__name__}: {reply}" if isinstance(reply, ResponseError) else reply
-        what = "the event" if count == 1 else f"events {start + 1} to {count}"
+        what = "the event" if count == 1 else f"events {start + 1} to {end} of {count}"
+        rest = "" if end == count else "; the events after them were not sent"
         raise PublishOutcomeUnknownError(
             f"Redis stored {what}, but {said} of the {wanted} replicas asked for confirmed "
             f"within replica_timeout={self.state.settings.replica_timeout} s: a failover "
-            "may lose it",
+            f"may lose them{rest}",
             stored=start,
         )
 
