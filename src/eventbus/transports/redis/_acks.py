@@ -54,6 +54,10 @@ class AckQueue:
         ack of its batch, so the entry's ack is queued after it."""
         self._queued[self._keys.handled].append(key)
 
+    def __bool__(self) -> bool:
+        """Whether acks or records are queued."""
+        return any(self._queued.values())
+
     def ids(self) -> Batch:
         """Every entry id not yet acknowledged for sure: queued or on its way."""
         out: Batch = {self._keys.stream: [], self._keys.redeliver: []}

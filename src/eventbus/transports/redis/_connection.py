@@ -16,6 +16,7 @@ from eventbus.transports._contract import GroupStats, Message, StoredDeadLetter
 
 from ._dead_letters import DeadLetterStreams
 from ._groups import GroupAdmin
+from ._idle import IdleReaders
 from ._retention import Retention
 from ._state import RedisState, Settings, logger, wrapped
 from ._subscription import RedisSubscription
@@ -39,6 +40,7 @@ class RedisConnection:
         self.state = RedisState(settings, consumer)
         self._writer = StreamWriter(self.state)
         self._dead = DeadLetterStreams(self.state)
+        self._idle_readers = IdleReaders(self.state)
         self._subs: list[RedisSubscription] = []
         self._closed = False
 
@@ -66,7 +68,7 @@ class RedisConnection:
         """Create the group (from the stream's start) when missing and join it."""
         if self._closed:
             raise TransportClosedError("subscribe on a closed connection")
-        sub = RedisSubscription(self.state, topic, group)
+        sub = RedisSubscription(self.state, topic, group, self._idle_readers)
         async with wrapped("creating a consumer group"):
             await self.state.join(topic, group)
         self._subs.append(sub)
@@ -226,6 +228,7 @@ class RedisConnection:
         self._closed = True
         with anyio.CancelScope(shield=True):
             try:
+                self._idle_readers.close()
                 for sub in self._subs:
                     await _closed_quietly(sub)
             finally:

@@ -70,6 +70,11 @@ class Links:
             return None
         return self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key))
 
+    def node_name(self, key: str) -> str:
+        """The name (``host:port``) of the server of ``key``: "" on a single server."""
+        node = self._node(key)
+        return "" if node is None else str(node.name)
+
     def runs(self, keys: list[str]) -> list[tuple[int, int]]:
         """``(start, end)`` of each run of consecutive keys served by one server: the
         whole list on a single server."""
@@ -83,17 +88,20 @@ class Links:
                 start = index
         return bounds
 
-    async def give_back(self, conn: Any) -> None:
+    async def give_back(self, conn: Any, *, spare_at_most: int | None = None) -> None:
         """Return a connection whose replies were all read, or that is disconnected;
-        after ``aclose`` it is closed instead (shielded: a caller may be cancelled)."""
-        if self._closed:
+        after ``aclose``, or when its server has ``spare_at_most`` spare connections
+        already, it is closed instead (shielded: a caller may be cancelled)."""
+        spare = self._spare.setdefault(self._made.get(conn, ""), [])
+        if self._closed or (spare_at_most is not None and len(spare) >= spare_at_most):
+            self._drop(conn)
             with anyio.CancelScope(shield=True):
                 await _disconnect(conn)
             return
         if self._cluster and not conn.is_connected:
             self._drop(conn)
             return
-        self._spare.setdefault(self._made.get(conn, ""), []).append(conn)  # no await
+        spare.append(conn)  # no await
 
     async def discard(self, conn: Any) -> None:
         """Close a connection that is not to be used again (its server may be gone)."""

@@ -63,6 +63,7 @@ logger = logging.getLogger("eventbus.redis")
 
 _SEP = "\x1f"  # between topic and group in the registry set
 _GROUP_ATTEMPTS = 8  # connection failures creating a group before giving up
+_HOUSEKEEPING = 8  # subscriptions looking after suspects or retries at once
 _LEASE_BATCH = 500  # entry ids per LEASE script call (Lua's unpack has a limit)
 
 
@@ -98,6 +99,7 @@ class Settings:
     cluster: bool = False
     replicas: int = 0
     replica_timeout: float = 1.0
+    idle_poll: float | None = 0.05
 
 
 class Scripts:
@@ -183,6 +185,9 @@ class RedisState:
         self.scripts = Scripts(self.client, cluster=settings.cluster)
         self.links = Links(self.client, cluster=settings.cluster)
         self.slots = SlotMap(self.client, cluster=settings.cluster)
+        self.housekeeping = anyio.Semaphore(_HOUSEKEEPING, fast_acquire=True)
+        """Bounds the subscriptions looking after suspects and retries at once, and so
+        the connections they take from the pool (all of them start at once)."""
         self._unlisted: dict[str, RefusedWrite] = {}  # groups whose listing Redis refused
         self._streams: dict[str, str] = {}  # topic: its stream key
 

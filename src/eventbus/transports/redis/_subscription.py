@@ -20,14 +20,17 @@ from ._cluster import REDIRECTS
 from ._commands import XreadgroupCommand
 from ._entries import Fields, RedisDelivery, entry_delivery, message_fields, read_entries
 from ._handled import HandledRecords
+from ._idle import IdleReaders
 from ._links import ensure_connected, round_trip
 from ._refusals import RefusedWrite
+from ._scripts import Keys
 from ._state import RedisState, logger
 from ._suspects import Slot, Suspects, transport_notes
 
 __all__ = ["RedisSubscription"]
 
 _CLOSE_TIMEOUT = 10.0  # seconds aclose may take to send acks and hand entries back
+_SPARE_READ_LINKS = 4  # connections a parking subscription leaves open for the next one
 
 
 class RedisSubscription:
@@ -36,9 +39,11 @@ class RedisSubscription:
     One task fetches at a time, ``prefetch`` entries at most; the others wait for it.
     Entries delivered before are *suspects* (see ``Suspects``), handed out one at a
     time; past ``delivery_limit`` deliveries an entry is dead-lettered as ``poison``.
+    While its reads find nothing, and it holds nothing, it reads through ``idle``
+    (``IdleReaders``) instead of on a connection of its own; it starts that way.
     """
 
-    def __init__(self, state: RedisState, topic: str, group: str) -> None:
+    def __init__(self, state: RedisState, topic: str, group: str, idle: IdleReaders) -> None:
         self._state = state
         self._settings = state.settings
         self._topic = topic
@@ -52,6 +57,9 @@ class RedisSubscription:
         self._acks = AckQueue(keys, group, state.settings.idempotency_ttl)
         self._records = HandledRecords(state, keys, self._held, lambda: self._closed)
         self._promote_at = 0.0
+        self._retry_due = float("inf")  # when the next retry of the group is due
+        self._idle = idle
+        self._quiet = True  # the last read found nothing: the next one parks
         self._promotion = RefusedWrite(
             f"move due retries of group {group} from {keys.retry} to {keys.redeliver}",
             "new entries are still read and settled; tried again with backoff",
@@ -72,6 +80,16 @@ class RedisSubscription:
     def group(self) -> str:
         """The consumer group."""
         return self._group
+
+    @property
+    def keys(self) -> Keys:
+        """The keys of this group on this stream."""
+        return self._keys
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``aclose`` was called."""
+        return self._closed
 
     @property
     def holding(self) -> bool:
@@ -148,7 +166,9 @@ class RedisSubscription:
 
     async def _fetch(self) -> None:
         now = anyio.current_time()
-        await self._suspects.look(now)
+        if self._suspects.due(now):
+            async with self._state.housekeeping:
+                await self._suspects.look(now)
         if self._acks.refused:  # no more reads while Redis refuses the acks: this raises
             await self.flush_acks()
         if self._suspects:
@@ -156,7 +176,8 @@ class RedisSubscription:
             await self._take_suspect()
             return
         if now >= self._promote_at:
-            await self._promote(now)
+            async with self._state.housekeeping:
+                await self._promote(now)
         await self._read(now)
 
     async def _promote(self, now: float) -> None:
@@ -176,10 +197,15 @@ class RedisSubscription:
             return
         self._promotion.taken()
         wait = next_due_ms / 1000 if next_due_ms >= 0 else block
+        self._retry_due = now + next_due_ms / 1000 if next_due_ms >= 0 else float("inf")
         self._promote_at = now + min(wait, block)
 
     async def _read(self, now: float) -> None:
-        """Send the queued acks and the XREADGROUP in one write, on a connection of its own."""
+        """Send the queued acks and the XREADGROUP in one write, on a connection of its
+        own; or, when the last read found nothing, park (see ``_park``)."""
+        if self._quiet and not (self._held or self._acks) and self._idle.enabled:
+            await self._park(now)
+            return
         if self._link is None:
             self._link = self._state.links.take(self._keys.stream)
         await ensure_connected(self._link)  # fails before anything is sent
@@ -203,9 +229,26 @@ class RedisSubscription:
         if isinstance(read_reply, ResponseError):
             raise read_reply
         for key, entry_id, fields in read_entries(read_reply):
-            self._hold(self._delivery(key, entry_id, fields))
+            self.take(key, entry_id, fields)
+        self._quiet = not self._buffer
         if refused is not None:
             raise refused
+
+    async def _park(self, now: float) -> None:
+        """Give the reading connection back and wait in ``IdleReaders`` until entries
+        arrive, a retry is due or the leases need looking after; read on a connection of
+        its own again when entries came, or when the shared read failed."""
+        if self._link is not None:
+            link, self._link = self._link, None
+            await self._state.links.give_back(link, spare_at_most=_SPARE_READ_LINKS)
+        if await self._idle.wait(self, min(self._retry_due, self._suspects.next_look)):
+            self._quiet = not self._buffer
+        else:
+            self._quiet = False
+
+    def take(self, key: str, entry_id: str, fields: Fields) -> None:
+        """Hold an entry read for this consumer, to be handed out by ``receive``."""
+        self._hold(self._delivery(key, entry_id, fields))
 
     def _block_ms(self, now: float) -> int:
         block = min(self._settings.block, self._settings.claim_timeout / 4)
@@ -355,7 +398,9 @@ class RedisSubscription:
         if int(moved) < 0:
             await self._record_deleted(d, notes)
         self._release(d)
-        self._promote_at = min(self._promote_at, anyio.current_time() + max(0.0, delay))
+        due = anyio.current_time() + max(0.0, delay)
+        self._promote_at = min(self._promote_at, due)
+        self._retry_due = min(self._retry_due, due)
 
     async def dead_letter(self, delivery: Delivery, notes: FailureNotes) -> None:
         """Copy the entry's raw fields to the group's dead-letter stream, then XACK it;

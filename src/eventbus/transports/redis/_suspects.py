@@ -67,6 +67,15 @@ class Suspects:
         """Forget the suspects not taken yet (the group takes them over)."""
         self._queue.clear()
 
+    @property
+    def next_look(self) -> float:
+        """When ``look`` takes over the entries of dead consumers next."""
+        return self._last_look + self._state.settings.claim_timeout / 4
+
+    def due(self, now: float) -> bool:
+        """Whether ``look`` has something to do now."""
+        return not self._own_listed or now >= self.next_look
+
     async def look(self, now: float) -> None:
         """List this consumer's own pending entries (once), and every quarter of the
         claim timeout take over the entries of dead consumers, then delete the consumers

@@ -82,6 +82,14 @@ class RedisTransport:
       does not lose it; when fewer confirm within ``replica_timeout`` seconds (default
       1), ``publish()`` raises ``PublishOutcomeUnknownError``: the master has the event,
       but a failover may lose it. Costs a replica's round trip per publish.
+    - ``idle_poll``: on a cluster, seconds between the reads of idle subscriptions
+      (default 0.05). A subscription whose last read found nothing gives its connection
+      back; one script per master then reads every idle stream there, this often, so a
+      first event after a quiet spell waits up to this long. None: every subscription
+      keeps a blocking connection of its own (no added wait, one connection per
+      subscription). On a single server idle subscriptions share one blocking read per
+      group instead, with no added wait; this option is not used there. See
+      ``docs/scaling.md``.
 
     The options are checked here (``ConfigurationError``); the URL too, so that a bad one
     fails at once rather than at connect.
@@ -105,6 +113,7 @@ class RedisTransport:
         cluster: bool = False,
         replicas: int = 0,
         replica_timeout: float = 1.0,
+        idle_poll: float | None = 0.05,
     ) -> None:
         _check_url(url)
         if not isinstance(cluster, bool):
@@ -135,6 +144,9 @@ class RedisTransport:
             cluster=cluster,
             replicas=check_count(owner, "replicas", replicas, minimum=0),
             replica_timeout=check_seconds(owner, "replica_timeout", replica_timeout, zero=False),
+            idle_poll=None
+            if idle_poll is None
+            else check_seconds(owner, "idle_poll", idle_poll, zero=False),
         )
         if consumer_name is not None and not (
             isinstance(consumer_name, str) and _NAME.fullmatch(consumer_name)

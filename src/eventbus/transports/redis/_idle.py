@@ -1,0 +1,331 @@
+"""Reading for the idle subscriptions of one connection, on a few shared connections.
+
+A subscription whose last read found nothing *parks* here: it gives its own connection
+back and waits until entries arrive for it, or until it must look after its retries and
+leases. So a worker holds a connection per subscription only while that subscription has
+work; an idle event type costs no connection of its own.
+
+- On a single server the parked subscriptions of one group share one blocking
+  ``XREADGROUP`` over all their streams: one connection per group. A subscription that
+  parks while that read blocks wakes it (``CLIENT UNBLOCK``), so that its streams join
+  the read at once.
+- On a cluster one command cannot span slots, so a script per master
+  (``allow-cross-slot-keys``) reads the parked streams of every group there without
+  blocking, every ``idle_poll`` seconds: one connection per master, and a first entry
+  after a quiet spell waits up to ``idle_poll`` seconds.
+
+One parked subscription at a time leads the reads (the others wait on their own event),
+as a subscription's tasks take turns fetching; the entries read are handed to their
+subscriptions whichever one led. Entries read for a subscription that closed meanwhile
+are handed back to the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hashlib import sha1
+from typing import Any, Protocol
+
+import anyio
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from ._commands import resp_command
+from ._entries import Fields, read_entries
+from ._links import ensure_connected, round_trip
+from ._scripts import Keys
+from ._state import RedisState, logger
+
+__all__ = ["IdleReaders", "Parked"]
+
+_POLL = """#!lua flags=allow-cross-slot-keys,allow-oom
+local out = {}
+for i = 3, #ARGV, 2 do
+  out[#out + 1] = redis.pcall(
+    'XREADGROUP', 'GROUP', ARGV[i], ARGV[1], 'COUNT', ARGV[2], 'STREAMS', ARGV[i + 1], '>')
+end
+return out
+"""
+# Reads, without blocking, the streams named in ARGV (group, key, group, key, ...) as
+# consumer ARGV[1], ARGV[2] entries at most each: one reply per stream (nil, entries or
+# its error). The keys are not declared, so that one call may read every slot of a
+# master; a key of another master fails alone.
+
+
+class Parked(Protocol):
+    """A subscription, as the idle readers see it."""
+
+    @property
+    def keys(self) -> Keys:
+        """Its keys (the stream and the redeliver stream are read)."""
+
+    @property
+    def group(self) -> str:
+        """Its consumer group."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether it closed (entries read for it then go back to the group)."""
+
+    def take(self, key: str, entry_id: str, fields: Fields) -> None:
+        """Hold an entry read for it, to be handed out by its next ``receive``."""
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    until: float
+    nudge: anyio.Event = field(default_factory=anyio.Event)  # look again: done, or lead
+    done: bool = False  # entries were read for it, or the shared read failed
+    failed: bool = False  # the shared read failed: read on a connection of its own
+
+    def wake(self, *, failed: bool = False) -> None:
+        self.done = True
+        self.failed |= failed
+        self.nudge.set()
+
+
+class IdleReaders:
+    """Where the idle subscriptions of one connection wait (see the module docstring)."""
+
+    def __init__(self, state: RedisState) -> None:
+        self._state = state
+        self._cluster = state.settings.cluster
+        self._poll = state.settings.idle_poll
+        self._parked: dict[str, dict[Parked, _Waiter]] = {}  # by group; "" on a cluster
+        self._leading: set[str] = set()
+        self._reading: dict[str, set[Parked]] = {}  # the subscriptions in a blocked read
+        self._reader_ids: dict[str, int] = {}  # the blocked read's client id
+        self._links: dict[str, Any] = {}  # a group's reading connection (one server)
+        self._sha = _sha(_POLL)
+        self._can_unblock = True
+        self._closed = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether idle subscriptions park (on a cluster, unless ``idle_poll`` is None)."""
+        return not self._closed and not (self._cluster and self._poll is None)
+
+    async def wait(self, sub: Parked, until: float) -> bool:
+        """Wait until entries were read for ``sub`` or until ``until`` (on the event
+        loop's clock). False when the shared read failed (connection lost, a refused
+        read, a key that moved): the subscription then reads on a connection of its own,
+        where its own error handling applies."""
+        scope = "" if self._cluster else sub.group
+        waiter = _Waiter(until)
+        parked = self._parked.setdefault(scope, {})
+        parked[sub] = waiter
+        try:
+            await self._join(scope, sub)
+            while not waiter.done and anyio.current_time() < until:
+                if scope not in self._leading and not self._closed:
+                    await self._lead(scope, waiter)
+                    continue
+                waiter.nudge = anyio.Event()
+                with anyio.move_on_after(until - anyio.current_time()):
+                    await waiter.nudge.wait()
+        finally:
+            if parked.get(sub) is waiter:
+                del parked[sub]
+        return not waiter.failed
+
+    async def _lead(self, scope: str, waiter: _Waiter) -> None:
+        """Read for every parked subscription of ``scope`` until ``waiter`` is woken or
+        due; then wake another, to lead on."""
+        self._leading.add(scope)
+        try:
+            while not (waiter.done or self._closed) and anyio.current_time() < waiter.until:
+                if self._cluster:
+                    await self._poll_round(waiter)
+                else:
+                    await self._blocking_round(scope, waiter.until)
+        finally:
+            self._leading.discard(scope)
+            for other in self._parked.get(scope, {}).values():
+                if other is not waiter and not other.done:
+                    other.nudge.set()  # it leads next
+                    break
+
+    # -- one server: a blocking read per group ---------------------------------------
+
+    async def _join(self, scope: str, sub: Parked) -> None:
+        """Wake the group's blocked read, when ``sub`` is not in it, so that it is."""
+        reading = self._reading.get(scope)
+        if reading is None or sub in reading or not self._can_unblock:
+            return
+        reader = self._reader_ids.pop(scope, None)  # one CLIENT UNBLOCK per read
+        if reader is None:
+            return
+        try:
+            await self._state.client.client_unblock(reader)
+        except ResponseError as exc:  # CLIENT not allowed for this user (ACL)
+            self._can_unblock = False
+            logger.warning(
+                "Redis refused CLIENT UNBLOCK (%s); an idle subscription starts reading "
+                "when its group's shared read returns (within block seconds)",
+                exc,
+            )
+        except self._state.connection_errors:
+            pass  # the blocked read fails as well, and the next one includes ``sub``
+
+    async def _blocking_round(self, group: str, until: float) -> None:
+        subs = list(self._parked.get(group, {}))
+        if not subs:
+            return
+        state = self._state
+        block = min(state.settings.block, until - anyio.current_time())
+        command = _xreadgroup(group, state.consumer, state.settings.prefetch, block, subs)
+        link = self._links.get(group)
+        if link is None:
+            link = self._links[group] = state.links.take(subs[0].keys.stream)
+        try:
+            await ensure_connected(link)
+            await link.send_packed_command(_CLIENT_ID + command, check_health=False)
+            self._reader_ids[group] = int(await link.read_response())
+            self._reading[group] = set(subs)
+            reply = await link.read_response()
+        except ResponseError as exc:  # NOGROUP of one stream fails them all
+            self._failed(group, subs, exc)
+            return
+        except BaseException as exc:
+            self._links.pop(group, None)
+            await state.links.discard(link)  # a cancelled read leaves the reply unread
+            if isinstance(exc, state.connection_errors):
+                self._failed(group, subs, exc)
+                return
+            raise
+        finally:
+            self._reading.pop(group, None)
+            self._reader_ids.pop(group, None)
+        await self._hand_out(group, subs, list(read_entries(reply)))
+
+    # -- a cluster: a script per master, polled -----------------------------------------
+
+    async def _poll_round(self, leader: _Waiter) -> None:
+        parked = self._parked.get("", {})
+        by_node: dict[str, list[Parked]] = {}
+        for sub in parked:
+            by_node.setdefault(self._state.links.node_name(sub.keys.stream), []).append(sub)
+        for subs in by_node.values():
+            await self._poll_node(subs)
+        if not leader.done and self._poll is not None:
+            await anyio.sleep(max(0.0, min(self._poll, leader.until - anyio.current_time())))
+
+    async def _poll_node(self, subs: list[Parked]) -> None:
+        state = self._state
+        args = [state.consumer.encode(), b"%d" % state.settings.prefetch]
+        for sub in subs:
+            for key in (sub.keys.redeliver, sub.keys.stream):
+                args += [sub.group.encode(), key.encode()]
+        link = state.links.take(subs[0].keys.stream)
+        try:
+            await ensure_connected(link)
+            reply = await self._run_poll(link, args)
+        except ResponseError as exc:
+            await state.links.give_back(link)
+            self._failed("", subs, exc)
+            return
+        except BaseException as exc:
+            await state.links.discard(link)
+            if isinstance(exc, state.connection_errors):
+                self._failed("", subs, exc)
+                return
+            raise
+        await state.links.give_back(link)
+        await self._hand_out_polled(subs, reply)
+
+    async def _run_poll(self, link: Any, args: list[bytes]) -> Any:
+        """EVALSHA the poll script; EVAL it whole where the master does not know it."""
+        evalsha = resp_command([b"EVALSHA", self._sha, b"0", *args])
+        (reply,) = await round_trip(link, evalsha, 1)
+        if isinstance(reply, NoScriptError):
+            whole = resp_command([b"EVAL", _POLL.encode(), b"0", *args])
+            (reply,) = await round_trip(link, whole, 1)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def _hand_out_polled(self, subs: list[Parked], replies: list[Any]) -> None:
+        entries: list[tuple[str, str, Fields]] = []
+        failed: list[Parked] = []
+        for index, sub in enumerate(subs):
+            for reply in replies[2 * index : 2 * index + 2]:
+                if isinstance(reply, ResponseError):
+                    failed.append(sub)
+                else:
+                    entries.extend(read_entries(reply))
+        await self._hand_out("", subs, entries)
+        for sub in failed:
+            self._wake("", sub, failed=True)
+
+    # -- handing out -------------------------------------------------------------------
+
+    async def _hand_out(
+        self, scope: str, subs: list[Parked], entries: list[tuple[str, str, Fields]]
+    ) -> None:
+        """Give each entry to the subscription of its stream; wake those that got some.
+        Entries of a subscription that closed meanwhile go back to the group."""
+        owners = {key: sub for sub in subs for key in (sub.keys.stream, sub.keys.redeliver)}
+        orphans: dict[Parked, dict[str, list[str]]] = {}
+        for key, entry_id, fields in entries:
+            sub = owners[key]
+            if sub.closed:
+                orphans.setdefault(sub, {}).setdefault(key, []).append(entry_id)
+                continue
+            sub.take(key, entry_id, fields)
+            self._wake(scope, sub)
+        for sub, held in orphans.items():
+            try:
+                await self._state.release(held, sub.group)
+            except (RedisError, OSError) as exc:
+                logger.warning(
+                    "could not hand back entries read for a closed subscription of %s "
+                    "(%s); they wait for the claim timeout",
+                    sub.group,
+                    type(exc).__name__,
+                )
+
+    def _wake(self, scope: str, sub: Parked, *, failed: bool = False) -> None:
+        waiter = self._parked.get(scope, {}).get(sub)
+        if waiter is not None:
+            waiter.wake(failed=failed)
+
+    def _failed(self, scope: str, subs: list[Parked], exc: BaseException) -> None:
+        logger.debug("the shared read of idle subscriptions failed: %s", type(exc).__name__)
+        if self._cluster and _unsupported_script(exc):
+            self._unsupported(exc)
+        for sub in subs:
+            self._wake(scope, sub, failed=True)
+
+    def _unsupported(self, exc: BaseException) -> None:
+        if self._poll is not None:
+            logger.error(
+                "Redis refused the script that reads idle subscriptions (%s; it needs "
+                "Redis 7.0 or newer); every subscription keeps a connection of its own",
+                exc,
+            )
+        self._poll = None
+
+    def close(self) -> None:
+        """Stop reading: the subscriptions close next (``Links`` closes the connections),
+        and no parked one should start a read meanwhile."""
+        self._closed = True
+
+
+_CLIENT_ID = resp_command([b"CLIENT", b"ID"])
+
+
+def _xreadgroup(group: str, consumer: str, count: int, block: float, subs: list[Parked]) -> bytes:
+    """``XREADGROUP`` of every parked subscription's redeliver stream and stream."""
+    keys = [key.encode() for sub in subs for key in (sub.keys.redeliver, sub.keys.stream)]
+    head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode(), b"COUNT", b"%d" % count]
+    block_ms = b"%d" % max(1, int(block * 1000) + 1)
+    return resp_command([*head, b"BLOCK", block_ms, b"STREAMS", *keys, *[b">"] * len(keys)])
+
+
+def _sha(script: str) -> bytes:
+    return sha1(script.encode(), usedforsecurity=False).hexdigest().encode()
+
+
+def _unsupported_script(exc: BaseException) -> bool:
+    """Whether Redis refused the script for its shebang or flags (before Redis 7.0)."""
+    message = str(exc).lower()
+    return any(word in message for word in ("shebang", "flag", "compiling"))
