@@ -14,11 +14,12 @@ private cluster of three masters (no replicas), both keeping nothing on disk:
 - **first event**: the median time from ``publish()`` until the handler runs, for an
   event of a type that was idle (``--samples`` events, each after a quiet second).
 
-On the cluster the worker runs twice: idle subscriptions polled (``idle_poll=0.05``,
-the default) and each subscription on a connection of its own (``idle_poll=None``).
-Run it from the repository's root::
+On the cluster the worker runs once per ``--idle-poll`` value: by default idle
+subscriptions polled (``idle_poll=0.05``, the default) and each subscription on a
+connection of its own (``none``). Run it from the repository's root::
 
     .venv/bin/python benchmarks/idle_connections.py [--types N] [--window S]
+        [--idle-poll 0.05 0.2 none]
 """
 
 from __future__ import annotations
@@ -128,9 +129,10 @@ async def main(args: Any) -> None:
         single = [aioredis.Redis.from_url(server.url)]
         report("single server", await measure(RedisTransport(server.url), single, args))
         masters = [aioredis.Redis(port=node.port) for node in cluster.masters()]
-        polls = [0.05, None] if "idle_poll" in signature(RedisTransport).parameters else [None]
+        known = "idle_poll" in signature(RedisTransport).parameters
+        polls = args.idle_poll if known else [None]
         for poll in polls:  # an older eventbus without the option: one connection each
-            options = {} if poll is None and len(polls) == 1 else {"idle_poll": poll}
+            options = {"idle_poll": poll} if known else {}
             transport = RedisTransport(cluster.url, cluster=True, **options)  # type: ignore[arg-type]
             report(f"cluster, idle_poll={poll}", await measure(transport, masters, args))
         for client in [*single, *masters]:
@@ -146,4 +148,11 @@ if __name__ == "__main__":
     parser.add_argument("--types", type=int, default=500)
     parser.add_argument("--window", type=float, default=5.0)
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument(
+        "--idle-poll",
+        type=lambda text: None if text == "none" else float(text),
+        nargs="+",
+        default=[0.05, None],
+        help="idle_poll values for the cluster runs ('none': a connection each)",
+    )
     anyio.run(main, parser.parse_args())

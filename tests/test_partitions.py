@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from eventbus import ConfigurationError, Event, EventBus, InMemoryTransport, PublishError
 from eventbus.outbox import Outbox
 from eventbus.testing import drain
+from eventbus.transports import Connection, Features
 from eventbus.transports.redis import RedisTransport
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
@@ -232,6 +233,56 @@ async def test_a_worker_started_after_a_change_of_partitions_drains_the_old_layo
         left = {s.topic: s.waiting + s.in_flight for s in await after.inspect()}
     assert sorted(seen) == list(range(40))
     assert left == {"Moving": 0, "Moving#0": 0, "Moving#1": 0, "Moving#2": 0}
+
+
+class CountingInspections:
+    """An in-memory transport whose connections count their ``inspect()`` calls."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryTransport()
+        self.inspections = 0
+
+    @property
+    def features(self) -> Features:
+        """The in-memory transport's."""
+        return self.inner.features
+
+    async def connect(self) -> Connection:
+        """An in-memory connection, counting."""
+        conn: Any = await self.inner.connect()
+        inspect = conn.inspect
+
+        async def counted() -> Any:
+            self.inspections += 1
+            return await inspect()
+
+        conn.inspect = counted
+        return conn  # type: ignore[no-any-return]
+
+
+async def test_a_worker_counts_the_groups_only_when_an_earlier_layout_is_listed() -> None:
+    """Starting a worker lists the groups; it counts them (``inspect``) only when a topic
+    of an earlier number of partitions is listed for one of its groups."""
+    transport = CountingInspections()
+
+    def worker() -> EventBus:
+        bus = EventBus(transport=transport)
+
+        @bus.subscribe(group="g")
+        async def handler(event: MovingAfter) -> None:
+            pass
+
+        return bus
+
+    old = await transport.inner.connect()
+    await old.subscribe("Moving", "other")  # the old layout, of another group
+    async with worker():
+        pass
+    assert transport.inspections == 0
+    await old.subscribe("Moving", "g")
+    async with worker():
+        pass
+    assert transport.inspections == 1
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -61,6 +61,7 @@ EXPECTED_ALL = {
         "DeadLetterStore",
         "Delivery",
         "FailureNotes",
+        "GroupListing",
         "GroupManagement",
         "Features",
         "GroupStats",

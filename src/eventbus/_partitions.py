@@ -17,7 +17,15 @@ from ._errors import PublishError
 from ._event import Event
 from .transports._contract import GroupStats
 
-__all__ = ["KEY_HEADER", "SEPARATOR", "keyed_headers", "leftovers", "topic_of", "topics_of"]
+__all__ = [
+    "KEY_HEADER",
+    "SEPARATOR",
+    "earlier_topic",
+    "keyed_headers",
+    "leftovers",
+    "topic_of",
+    "topics_of",
+]
 
 SEPARATOR = "#"
 """Between an event name and its partition number; never part of an event name."""
@@ -69,16 +77,20 @@ def keyed_headers(
 def leftovers(event_type: type[Event], group: str, stats: Iterable[GroupStats]) -> list[str]:
     """The topics of ``event_type`` in an earlier layout (another number of partitions)
     where ``group`` still has work: messages waiting, in flight or scheduled."""
-    name, current = event_type.event_name, set(topics_of(event_type))
-    found = []
-    for stat in stats:
-        base, _, number = stat.topic.partition(SEPARATOR)
-        if (
-            stat.group == group
-            and base == name
-            and (number.isdigit() or stat.topic == name)
-            and stat.topic not in current
-            and stat.waiting + stat.in_flight + stat.scheduled > 0
-        ):
-            found.append(stat.topic)
+    found = [
+        stat.topic
+        for stat in stats
+        if stat.group == group
+        and earlier_topic(event_type, stat.topic)
+        and stat.waiting + stat.in_flight + stat.scheduled > 0
+    ]
     return sorted(found)
+
+
+def earlier_topic(event_type: type[Event], topic: str) -> bool:
+    """Whether ``topic`` is one of ``event_type`` in another number of partitions."""
+    name = event_type.event_name
+    base, _, number = topic.partition(SEPARATOR)
+    return (
+        base == name and (number.isdigit() or topic == name) and topic not in topics_of(event_type)
+    )

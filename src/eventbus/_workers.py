@@ -12,11 +12,13 @@ from ._codec import Codec
 from ._consumer import Consumer
 from ._delivery import Delivering, logger
 from ._errors import ConfigurationError, EventBusError
+from ._event import Event
 from ._outbox import OutboxRelay
-from ._partitions import leftovers, topics_of
+from ._partitions import earlier_topic, leftovers, topics_of
 from ._subscriber import Subscriber
 from .transports._contract import (
     Connection,
+    GroupListing,
     GroupStats,
     HandledRecord,
     IdleWaiting,
@@ -64,7 +66,7 @@ class Workers:
         if jobs:
             task_group.start_soon(self._serve, jobs)
         engines = list(engines)
-        stats = await _stats(conn) if engines else ()
+        stats = await _stats(conn, engines) if engines else ()
         for engine in engines:
             await self._subscribe(conn, engine, task_group, stats)
 
@@ -195,12 +197,16 @@ def _lane_limiters(sub: Subscriber) -> dict[bool, anyio.CapacityLimiter | None]:
     return limiters
 
 
-async def _stats(conn: Connection) -> Sequence[GroupStats]:
+async def _stats(conn: Connection, engines: Sequence[Delivering]) -> Sequence[GroupStats]:
     """The transport's groups, to find the topics of an earlier number of partitions
-    that still hold work; none when it cannot tell (logged: nothing is read there)."""
+    that still hold work; none when it cannot tell (logged: nothing is read there).
+    A transport that lists its groups (``GroupListing``) is counted only when it lists
+    such a topic for one of ``engines``."""
     if not isinstance(conn, Inspection):
         return ()
     try:
+        if isinstance(conn, GroupListing) and not _earlier_listed(await conn.groups(), engines):
+            return ()
         return await conn.inspect()
     except EventBusError as exc:
         logger.warning(
@@ -210,3 +216,15 @@ async def _stats(conn: Connection) -> Sequence[GroupStats]:
             exc,
         )
         return ()
+
+
+def _earlier_listed(listed: Sequence[tuple[str, str]], engines: Sequence[Delivering]) -> bool:
+    """Whether a topic of an earlier partition layout is listed for one of ``engines``."""
+    types_of: dict[str, list[type[Event]]] = {}
+    for engine in engines:
+        types_of.setdefault(engine.sub.group, []).extend(engine.sub.event_types)
+    return any(
+        earlier_topic(event_type, topic)
+        for topic, group in listed
+        for event_type in types_of.get(group, ())
+    )

@@ -2,7 +2,7 @@
 
 The required contract is ``Transport``, ``Connection`` and ``Subscription``; the optional
 abilities a connection may offer are ``BatchPublishing``, ``DeadLetterStore``,
-``GroupManagement``, ``IdleWaiting``, ``Inspection``, ``Serving`` and
+``GroupListing``, ``GroupManagement``, ``IdleWaiting``, ``Inspection``, ``Serving`` and
 ``ReferencePublishing``, and a subscription ``HandledRecord``. The Redis transport lives
 in ``eventbus.transports.redis`` and is imported only when asked for.
 """
@@ -14,6 +14,7 @@ from ._contract import (
     Delivery,
     FailureNotes,
     Features,
+    GroupListing,
     GroupManagement,
     GroupStats,
     HandledRecord,
@@ -35,6 +36,7 @@ __all__ = [
     "Delivery",
     "FailureNotes",
     "Features",
+    "GroupListing",
     "GroupManagement",
     "GroupStats",
     "HandledRecord",

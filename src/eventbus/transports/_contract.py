@@ -304,6 +304,14 @@ class Inspection(Protocol):
 
 
 @runtime_checkable
+class GroupListing(Protocol):
+    """Lists its groups cheaply, without counting what each holds (``inspect`` does)."""
+
+    async def groups(self) -> Sequence[tuple[str, str]]:
+        """``(topic, group)`` of every group of the transport, sorted."""
+
+
+@runtime_checkable
 class GroupManagement(Protocol):
     """Creates, deletes and resets groups apart from subscribing (for a publisher that
     declares the groups its workers will serve, and for operators).

@@ -177,6 +177,10 @@ class _MemoryConnection:
         """Every group of the transport, sorted by topic then group."""
         return self._s.stats()
 
+    async def groups(self) -> Sequence[tuple[str, str]]:
+        """``(topic, group)`` of every group, sorted."""
+        return [(stat.topic, stat.group) for stat in self._s.stats()]
+
     async def aclose(self) -> None:
         """Close every subscription of this connection, then the connection."""
         self._closed = True

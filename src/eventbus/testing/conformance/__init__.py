@@ -15,8 +15,8 @@ fresh, empty transport for each test::
 The scenarios run with the anyio pytest plugin (an ``anyio_backend`` fixture chooses the
 event loop). The scenarios of the required contract run for every transport; those of
 an optional ability (``BatchPublishing``, ``DeadLetterStore``, ``IdleWaiting``,
-``Inspection``, ``Serving``, ``ReferencePublishing``) and of a feature the transport
-does not declare in its ``Features`` skip themselves and say why. Override
+``Inspection``, ``GroupListing``, ``Serving``, ``ReferencePublishing``) and of a feature
+the transport does not declare in its ``Features`` skip themselves and say why. Override
 ``bounded_transport`` to return a transport whose queue holds at most
 ``BOUNDED_CAPACITY`` messages, to run the backpressure scenario. Requires pytest.
 """

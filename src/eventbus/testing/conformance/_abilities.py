@@ -12,6 +12,7 @@ from eventbus.transports import (
     Connection,
     DeadLetterStore,
     FailureNotes,
+    GroupListing,
     GroupManagement,
     HandledRecord,
     IdleWaiting,
@@ -175,6 +176,21 @@ class AbilityScenarios:
         ]
         counts = [(s.waiting + s.in_flight, s.scheduled, s.dead_letters) for s in stats]
         assert counts == [(4, 0, 0), (1, 1, 1), (0, 0, 0)]
+
+    # -- GroupListing --------------------------------------------------------------------
+
+    async def test_groups_lists_every_group_sorted(self, conn: Connection) -> None:
+        """groups() lists (topic, group) of every group subscribing created, sorted."""
+        skip_without(conn, GroupListing)
+        assert isinstance(conn, GroupListing)
+        await conn.subscribe("payments", "audit")
+        await conn.subscribe("orders", "email")
+        await conn.subscribe("orders", "audit")
+        assert list(await conn.groups()) == [
+            ("orders", "audit"),
+            ("orders", "email"),
+            ("payments", "audit"),
+        ]
 
     # -- GroupManagement -----------------------------------------------------------------
 

@@ -31,7 +31,8 @@ class RedisConnection:
     """One bus's link to Redis: its own client (connection pool) and consumer name.
 
     Offers, beside the required ``Connection``: ``BatchPublishing`` (``publish_many``),
-    ``DeadLetterStore``, ``IdleWaiting`` (``wait_idle``), ``Inspection`` (``inspect``)
+    ``DeadLetterStore``, ``IdleWaiting`` (``wait_idle``), ``Inspection`` (``inspect``),
+    ``GroupListing`` (``groups``)
     and ``Serving`` (``serve`` keeps the leases of held entries and trims the streams
     read).
     """
@@ -164,6 +165,11 @@ class RedisConnection:
             for sub in self._subs:
                 await sub.flush_acks()
             return [await self._stats(topic, group) for topic, group in await self.state.groups()]
+
+    async def groups(self) -> list[tuple[str, str]]:
+        """``(topic, group)`` of every group listed in ``prefix:groups`` (one SMEMBERS)."""
+        async with wrapped("listing the groups"):
+            return await self.state.groups()
 
     async def _stats(self, topic: str, group: str) -> GroupStats:
         keys = self.state.keys(topic, group)

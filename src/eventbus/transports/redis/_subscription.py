@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from eventbus._backoff import Backoff
 from eventbus._errors import TransportClosedError
 from eventbus.transports._contract import Delivery, FailureNotes
 
 from ._acks import AckQueue
 from ._cluster import REDIRECTS
 from ._commands import XreadgroupCommand
-from ._entries import Fields, RedisDelivery, entry_delivery, message_fields, read_entries
+from ._entries import Fields, RedisDelivery, entry_delivery, read_entries
 from ._handled import HandledRecords
 from ._idle import IdleReaders
 from ._links import ensure_connected, round_trip
 from ._refusals import RefusedWrite
 from ._scripts import Keys
+from ._settling import Settler
 from ._state import RedisState, logger
 from ._suspects import Slot, Suspects, transport_notes
 
@@ -56,6 +53,7 @@ class RedisSubscription:
         self._fetch_scope: anyio.CancelScope | None = None
         self._acks = AckQueue(keys, group, state.settings.idempotency_ttl)
         self._records = HandledRecords(state, keys, self._held, lambda: self._closed)
+        self._settler = Settler(state, topic, group, lambda: self._closed)
         self._promote_at = 0.0
         self._retry_due = float("inf")  # when the next retry of the group is due
         self._idle = idle
@@ -302,49 +300,6 @@ class RedisSubscription:
             raise TransportClosedError(f"{delivery!r} is not held by this consumer")
         return delivery
 
-    def _source(self, delivery: RedisDelivery) -> tuple[str, str]:
-        if delivery.from_redeliver:
-            return self._keys.redeliver, "1"
-        return self._keys.stream, "0"
-
-    async def _settle(self, d: RedisDelivery, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a retry or dead-letter script until Redis confirms it; return its reply.
-
-        The scripts are idempotent, so repeating one whose reply was lost is harmless,
-        and they write nothing when Redis refuses them (WRONGTYPE, OOM, NOPERM). While
-        Redis is unreachable, or refuses the script, the entry stays held (its lease
-        renewed) and the script is tried again with backoff; once the subscription
-        closes it is left pending for the group to take over.
-        """
-        backoff = self._state.settle_backoff()
-        while True:
-            try:
-                return await call()
-            except self._state.connection_errors:
-                if self._closed:
-                    raise
-                await self._state.back_off(backoff, "settling a delivery")
-            except ResponseError as exc:
-                if self._closed:
-                    raise
-                await self._refused(d, backoff, exc)
-
-    async def _refused(self, d: RedisDelivery, backoff: Backoff, exc: ResponseError) -> None:
-        delay = backoff.failed()
-        logger.error(
-            "Redis refused to settle entry %s of %s in group %s (failure %d): %s: %s; "
-            "the entry stays held, trying again in %.2f s",
-            d.entry_id,
-            self._source(d)[0],
-            self._group,
-            backoff.failures,
-            type(exc).__name__,
-            exc,
-            delay,
-            extra={"group": self._group, "message_id": d.id},
-        )
-        await backoff.wait(delay)
-
     def _release(self, delivery: RedisDelivery) -> None:
         """The delivery is settled here: no longer held, and the next suspect may go."""
         self._held.pop(delivery.slot, None)
@@ -388,15 +343,7 @@ class RedisSubscription:
         as ``deleted``, with the fields this consumer holds: never dropped.
         """
         d = self._own(delivery)
-        key, delete = self._source(d)
-        args: list[Any] = [
-            self._group, d.entry_id, delete, int(max(0.0, delay) * 1000),
-            d.attempt + 1, json.dumps(notes.as_dict()), d.id,
-        ]  # fmt: skip
-        script = self._state.scripts.retry
-        moved = await self._settle(d, lambda: script(keys=[key, self._keys.retry], args=args))
-        if int(moved) < 0:
-            await self._record_deleted(d, notes)
+        await self._settler.retry(d, delay, notes)
         self._release(d)
         due = anyio.current_time() + max(0.0, delay)
         self._promote_at = min(self._promote_at, due)
@@ -406,31 +353,8 @@ class RedisSubscription:
         """Copy the entry's raw fields to the group's dead-letter stream, then XACK it;
         the fields this consumer holds when the entry was deleted from its stream."""
         d = self._own(delivery)
-        await self._move_to_dead(d, notes)
+        await self._settler.dead_letter(d, notes)
         self._release(d)
-
-    async def _move_to_dead(self, d: RedisDelivery, notes: FailureNotes) -> None:
-        key, delete = self._source(d)
-        args: list[Any] = [
-            self._group, d.entry_id, delete, self._topic, d.attempt,
-            json.dumps(notes.as_dict()), d.id, "0", *message_fields(d.message),
-        ]  # fmt: skip
-        script = self._state.scripts.dead_letter
-        await self._settle(d, lambda: script(keys=[key, self._keys.dead], args=args))
-
-    async def _record_deleted(self, d: RedisDelivery, notes: FailureNotes) -> None:
-        """Dead-letter, as ``deleted``, a failed delivery whose entry left the stream."""
-        logger.error(
-            "entry %s of %s was deleted from the stream while its handler ran, which then "
-            "failed; dead-lettered as deleted instead of retried",
-            d.entry_id,
-            self._source(d)[0],
-            extra={"group": self._group, "message_id": d.id},
-        )
-        why = "the entry was deleted from the stream while its handler ran; then " + (
-            f"{notes.error_type}: {notes.error_message}" if notes.error_type else notes.reason
-        )
-        await self._move_to_dead(d, replace(notes, reason="deleted", error_message=why))
 
     async def aclose(self) -> None:
         """Stop reading; send the queued acks; hand the entries this consumer still holds
