@@ -53,6 +53,13 @@ EXPECTED_ALL = {
         "VersionMismatchError",
     },
     "eventbus.testing": {"Captured", "VirtualClock", "capture", "drain"},
+    "eventbus.testing.conformance": {
+        "BOUNDED_CAPACITY",
+        "TransportConformance",
+        "connected",
+        "message",
+        "receive_and_ack",
+    },
     "eventbus.outbox": {"Inbox", "Outbox"},
     "eventbus.opentelemetry": {"OpenTelemetryMiddleware"},
     "eventbus.transports": {

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from eventbus import ConfigurationError
-from eventbus.testing.conformance._helpers import connected, message, receive_and_ack
+from eventbus.testing.conformance import connected, message, receive_and_ack
 from eventbus.transports.redis import RedisTransport
 from tests.redis_cluster import RedisCluster
 

@@ -21,11 +21,12 @@ the transport does not declare in its ``Features`` skip themselves and say why. 
 ``BOUNDED_CAPACITY`` messages, to run the backpressure scenario. Requires pytest.
 """
 
-from ._abilities import AbilityScenarios
-from ._core import BOUNDED_CAPACITY, CoreScenarios
+from . import _abilities, _core
+from ._core import BOUNDED_CAPACITY
+from ._helpers import connected, message, receive_and_ack
 
-__all__ = ["BOUNDED_CAPACITY", "TransportConformance"]
+__all__ = ["BOUNDED_CAPACITY", "TransportConformance", "connected", "message", "receive_and_ack"]
 
 
-class TransportConformance(CoreScenarios, AbilityScenarios):
+class TransportConformance(_core.CoreScenarios, _abilities.AbilityScenarios):
     """Every scenario: the required contract, then the optional abilities."""
