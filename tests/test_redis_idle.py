@@ -133,6 +133,26 @@ async def test_a_retry_of_an_idle_subscription_comes_when_due(
         await wait_for(lambda: len(attempts) == 2, 10, "the retry")
 
 
+async def test_a_user_without_client_commands_still_gets_every_event(
+    private_server: RedisServer, admin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL user refused ``CLIENT``: a warning, and idle subscriptions join their
+    group's read when it returns; every event is still handled."""
+    await admin.execute_command(
+        "ACL", "SETUSER", "noclient", "on", ">pw", "~*", "&*", "+@all", "-client"
+    )
+    url = private_server.url.replace("redis://", "redis://noclient:pw@")
+    types, seen = event_types(10), list[tuple[str, str]]()
+    bus = EventBus(transport=RedisTransport(url, prefix="acl", block=0.5))
+    subscribe_all(bus, "stock", types, seen)
+    async with bus:
+        await bus.publish_many([kind(n=1) for kind in types])
+        await wait_for(lambda: len(seen) == len(types), 20, "every event handled")
+        await bus.publish(types[-1](n=2))
+        await wait_for(lambda: len(seen) == len(types) + 1, 20, "a later event handled")
+    assert "Redis refused CLIENT" in caplog.text
+
+
 async def test_idle_poll_is_checked() -> None:
     """``idle_poll`` must be a positive number of seconds, or None."""
     RedisTransport(idle_poll=None)

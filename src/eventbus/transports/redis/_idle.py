@@ -94,6 +94,7 @@ class IdleReaders:
         self._leading: set[str] = set()
         self._reading: dict[str, set[Parked]] = {}  # the subscriptions in a blocked read
         self._reader_ids: dict[str, int] = {}  # the blocked read's client id
+        self._late: set[str] = set()  # groups with a subscription not in their read
         self._links: dict[str, Any] = {}  # a group's reading connection (one server)
         self._sha = _sha(_POLL)
         self._can_unblock = True
@@ -125,11 +126,20 @@ class IdleReaders:
         finally:
             if parked.get(sub) is waiter:
                 del parked[sub]
+            if scope not in self._leading:  # it led, or was to lead next: hand it on
+                self._nudge_one(scope)
         return not waiter.failed
+
+    def _nudge_one(self, scope: str) -> None:
+        """Wake a parked subscription of ``scope`` that waits, so that it leads."""
+        for other in self._parked.get(scope, {}).values():
+            if not other.done:
+                other.nudge.set()
+                return
 
     async def _lead(self, scope: str, waiter: _Waiter) -> None:
         """Read for every parked subscription of ``scope`` until ``waiter`` is woken or
-        due; then wake another, to lead on."""
+        due (``wait`` then hands the lead on)."""
         self._leading.add(scope)
         try:
             while not (waiter.done or self._closed) and anyio.current_time() < waiter.until:
@@ -139,10 +149,6 @@ class IdleReaders:
                     await self._blocking_round(scope, waiter.until)
         finally:
             self._leading.discard(scope)
-            for other in self._parked.get(scope, {}).values():
-                if other is not waiter and not other.done:
-                    other.nudge.set()  # it leads next
-                    break
 
     # -- one server: a blocking read per group ---------------------------------------
 
@@ -151,51 +157,84 @@ class IdleReaders:
         reading = self._reading.get(scope)
         if reading is None or sub in reading or not self._can_unblock:
             return
-        reader = self._reader_ids.pop(scope, None)  # one CLIENT UNBLOCK per read
+        self._late.add(scope)
+        await self._unblock(scope)
+
+    async def _unblock(self, scope: str) -> None:
+        """``CLIENT UNBLOCK`` the group's read, once; when its client id is not known
+        yet, the leader does it as soon as it is (``_late``)."""
+        reader = self._reader_ids.pop(scope, None)
         if reader is None:
             return
         try:
             await self._state.client.client_unblock(reader)
         except ResponseError as exc:  # CLIENT not allowed for this user (ACL)
-            self._can_unblock = False
+            self._refused_unblock(exc)
+        except self._state.connection_errors:
+            pass  # the blocked read fails as well, and the next one includes the joiner
+
+    def _refused_unblock(self, exc: ResponseError) -> None:
+        if self._can_unblock:
             logger.warning(
-                "Redis refused CLIENT UNBLOCK (%s); an idle subscription starts reading "
-                "when its group's shared read returns (within block seconds)",
+                "Redis refused CLIENT (%s); an idle subscription starts reading when its "
+                "group's shared read returns (within block seconds)",
                 exc,
             )
-        except self._state.connection_errors:
-            pass  # the blocked read fails as well, and the next one includes ``sub``
+        self._can_unblock = False
 
     async def _blocking_round(self, group: str, until: float) -> None:
+        """One blocking read of every parked subscription of ``group``; hand out what
+        it finds."""
         subs = list(self._parked.get(group, {}))
-        if not subs:
-            return
-        state = self._state
-        block = min(state.settings.block, until - anyio.current_time())
-        command = _xreadgroup(group, state.consumer, state.settings.prefetch, block, subs)
-        link = self._links.get(group)
-        if link is None:
-            link = self._links[group] = state.links.take(subs[0].keys.stream)
+        block = min(self._state.settings.block, until - anyio.current_time())
+        self._late.discard(group)
+        self._reading[group] = set(subs)
         try:
-            await ensure_connected(link)
-            await link.send_packed_command(_CLIENT_ID + command, check_health=False)
-            self._reader_ids[group] = int(await link.read_response())
-            self._reading[group] = set(subs)
-            reply = await link.read_response()
+            reply = await self._read_blocking(group, subs, block)
         except ResponseError as exc:  # NOGROUP of one stream fails them all
             self._failed(group, subs, exc)
             return
-        except BaseException as exc:
-            self._links.pop(group, None)
-            await state.links.discard(link)  # a cancelled read leaves the reply unread
-            if isinstance(exc, state.connection_errors):
-                self._failed(group, subs, exc)
-                return
-            raise
+        except self._state.connection_errors as exc:
+            self._failed(group, subs, exc)
+            return
         finally:
             self._reading.pop(group, None)
             self._reader_ids.pop(group, None)
         await self._hand_out(group, subs, list(read_entries(reply)))
+
+    async def _read_blocking(self, group: str, subs: list[Parked], block: float) -> Any:
+        """Send ``CLIENT ID`` and the ``XREADGROUP`` on the group's connection; note the
+        id (wake the read at once when a subscription joined meanwhile); return the
+        read's reply. Any failure, cancellation included, drops the connection."""
+        state = self._state
+        command = _xreadgroup(group, state.consumer, state.settings.prefetch, block, subs)
+        link = self._links.pop(group, None) or state.links.take(subs[0].keys.stream)
+        try:
+            await ensure_connected(link)
+            if not self._can_unblock:
+                await link.send_packed_command(command, check_health=False)
+            else:
+                await link.send_packed_command(_CLIENT_ID + command, check_health=False)
+                await self._note_reader(group, link)
+            reply = await link.read_response()
+        except ResponseError:
+            self._links[group] = link  # a refused read leaves the connection sound
+            raise
+        except BaseException:
+            await state.links.discard(link)  # a cancelled read leaves the reply unread
+            raise
+        self._links[group] = link
+        return reply
+
+    async def _note_reader(self, group: str, link: Any) -> None:
+        """Read the ``CLIENT ID`` reply; unblock at once when a subscription joined."""
+        try:
+            self._reader_ids[group] = int(await link.read_response())
+        except ResponseError as exc:  # CLIENT not allowed for this user (ACL)
+            self._refused_unblock(exc)
+            return
+        if group in self._late:
+            await self._unblock(group)
 
     # -- a cluster: a script per master, polled -----------------------------------------
 
@@ -203,7 +242,12 @@ class IdleReaders:
         parked = self._parked.get("", {})
         by_node: dict[str, list[Parked]] = {}
         for sub in parked:
-            by_node.setdefault(self._state.links.node_name(sub.keys.stream), []).append(sub)
+            try:
+                node = self._state.links.node_name(sub.keys.stream)
+            except self._state.connection_errors:  # no master serves the slot now
+                self._wake("", sub, failed=True)
+                continue
+            by_node.setdefault(node, []).append(sub)
         for subs in by_node.values():
             await self._poll_node(subs)
         if not leader.done and self._poll is not None:
@@ -215,22 +259,31 @@ class IdleReaders:
         for sub in subs:
             for key in (sub.keys.redeliver, sub.keys.stream):
                 args += [sub.group.encode(), key.encode()]
-        link = state.links.take(subs[0].keys.stream)
+        try:
+            reply = await self._poll_on_link(subs[0].keys.stream, args)
+        except ResponseError as exc:  # the script refused: NOSCRIPT twice, OOM, ACL
+            self._failed("", subs, exc)
+            return
+        except state.connection_errors as exc:
+            self._failed("", subs, exc)
+            return
+        await self._hand_out_polled(subs, reply)
+
+    async def _poll_on_link(self, key: str, args: list[bytes]) -> Any:
+        """Run the poll script on a connection to the master of ``key``."""
+        links = self._state.links
+        link = links.take(key)
         try:
             await ensure_connected(link)
             reply = await self._run_poll(link, args)
-        except ResponseError as exc:
-            await state.links.give_back(link)
-            self._failed("", subs, exc)
-            return
-        except BaseException as exc:
-            await state.links.discard(link)
-            if isinstance(exc, state.connection_errors):
-                self._failed("", subs, exc)
-                return
+        except ResponseError:
+            await links.give_back(link)
             raise
-        await state.links.give_back(link)
-        await self._hand_out_polled(subs, reply)
+        except BaseException:
+            await links.discard(link)
+            raise
+        await links.give_back(link)
+        return reply
 
     async def _run_poll(self, link: Any, args: list[bytes]) -> Any:
         """EVALSHA the poll script; EVAL it whole where the master does not know it."""
