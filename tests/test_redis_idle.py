@@ -12,9 +12,11 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from eventbus import ConfigurationError, Event, EventBus, RetryPolicy
+from eventbus.testing.conformance import connected, message
 from eventbus.transports.redis import RedisTransport
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
@@ -81,8 +83,7 @@ async def clients(admin: Any) -> int:
 async def test_a_worker_reading_many_idle_event_types_holds_a_connection_per_group(
     private_server: RedisServer, admin: Any
 ) -> None:
-    """Two groups reading 60 idle event types each: about 20 connections, not 120 (one
-    read per group, a few spare, the pool that retries and leases use)."""
+    """Two groups reading 60 idle event types each hold about 20 connections, not 120."""
     types, seen = event_types(TYPES), list[tuple[str, str]]()
     bus = EventBus(transport=RedisTransport(private_server.url, prefix="idle", block=0.5))
     for group in ("stock", "email"):
@@ -101,8 +102,7 @@ async def _at_most(admin: Any, count: int) -> bool:
 async def test_an_idle_subscription_takes_an_event_at_once_however_long_block_is(
     private_server: RedisServer,
 ) -> None:
-    """``block=30``: subscriptions that park while their group's read waits join it at
-    once, so an event of any type is handled within seconds, not after the 30 s read."""
+    """With ``block=30`` a subscription parking during its group's read joins it at once."""
     types, seen = event_types(TYPES), list[tuple[str, str]]()
     bus = EventBus(transport=RedisTransport(private_server.url, prefix="wake", block=30))
     subscribe_all(bus, "stock", types, seen)
@@ -136,8 +136,7 @@ async def test_a_retry_of_an_idle_subscription_comes_when_due(
 async def test_a_user_without_client_commands_still_gets_every_event(
     private_server: RedisServer, admin: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An ACL user refused ``CLIENT``: a warning, and idle subscriptions join their
-    group's read when it returns; every event is still handled."""
+    """An ACL user refused ``CLIENT`` gets a warning, and still every event."""
     await admin.execute_command(
         "ACL", "SETUSER", "noclient", "on", ">pw", "~*", "&*", "+@all", "-client"
     )
@@ -153,6 +152,78 @@ async def test_a_user_without_client_commands_still_gets_every_event(
     assert "Redis refused CLIENT" in caplog.text
 
 
+async def test_closing_the_subscription_that_reads_for_its_group_leaves_the_others_reading(
+    private_server: RedisServer,
+) -> None:
+    """A parked subscription closing hands the group's read on to another one."""
+    transport = RedisTransport(private_server.url, prefix="lead", block=30)
+    async with connected(transport) as conn:
+        first = await conn.subscribe("A", "g")
+        second = await conn.subscribe("B", "g")
+        got: list[Any] = []
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first.receive)
+            await wait_for(lambda: _blocked_reads(private_server), 10, "the first one's read")
+
+            async def take() -> None:
+                got.append(await second.receive())
+
+            tasks.start_soon(take)  # it joins the read that the first one leads
+
+            def joined() -> bool:
+                return _unblocks(private_server) == 1 and _blocked_reads(private_server)
+
+            await wait_for(joined, 10, "the second one to join the first one's read")
+            await first.aclose()
+            await conn.publish("B", message(1))
+            await wait_for(lambda: len(got) == 1, 10, "the event of the other subscription")
+    assert [delivery.message.headers["i"] for delivery in got] == ["1"]
+
+
+async def test_idle_subscriptions_recover_when_redis_drops_every_connection(
+    private_server: RedisServer, admin: Any
+) -> None:
+    """``CLIENT KILL`` of every connection, the shared read's included: nothing is missed."""
+    types, seen = event_types(10), list[tuple[str, str]]()
+    bus = EventBus(transport=RedisTransport(private_server.url, prefix="kill", block=30))
+    subscribe_all(bus, "stock", types, seen)
+    async with bus:
+        await bus.publish(types[0](n=0))
+        await wait_for(lambda: len(seen) == 1, 10, "the first event")
+        await wait_for(lambda: _blocked_reads(private_server), 10, "the group's read")
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await bus.publish_many([kind(n=1) for kind in types])
+        await wait_for(lambda: len(seen) == 1 + len(types), 20, "every event after the kill")
+
+
+async def test_a_group_lost_under_the_shared_read_is_created_again(
+    private_server: RedisServer, admin: Any
+) -> None:
+    """A group destroyed on one stream while parked comes back; no type's event is lost."""
+    types, seen = event_types(5), list[tuple[str, str]]()
+    bus = EventBus(transport=RedisTransport(private_server.url, prefix="lost", block=30))
+    subscribe_all(bus, "stock", types, seen)
+    async with bus:
+        await wait_for(lambda: _blocked_reads(private_server), 10, "the group's read")
+        stream = f"lost:{{{types[0].__name__}}}"
+        await admin.execute_command("XGROUP", "DESTROY", stream, "stock")
+        await bus.publish_many([kind(n=1) for kind in types])
+        await wait_for(lambda: len(seen) == len(types), 20, "every event")
+
+
+def _unblocks(server: RedisServer) -> int:
+    """How many ``CLIENT UNBLOCK`` commands ``server`` ran."""
+    with redis.Redis.from_url(server.url) as client:
+        stats = client.info("commandstats").get("cmdstat_client|unblock", {})
+        return int(stats.get("calls", 0))
+
+
+def _blocked_reads(server: RedisServer) -> bool:
+    """Whether a client of ``server`` waits in a blocking command."""
+    with redis.Redis.from_url(server.url) as client:
+        return int(client.info("clients")["blocked_clients"]) > 0
+
+
 async def test_idle_poll_is_checked() -> None:
     """``idle_poll`` must be a positive number of seconds, or None."""
     RedisTransport(idle_poll=None)
@@ -165,9 +236,7 @@ async def test_idle_poll_is_checked() -> None:
 async def test_a_worker_on_a_cluster_polls_idle_subscriptions_per_master(
     redis_cluster: RedisCluster,
 ) -> None:
-    """On a cluster, 60 idle event types cost about a dozen connections per master (the
-    poller, a few spare, the pool), and their
-    events are still handled (polled every ``idle_poll``)."""
+    """On a cluster 60 idle event types cost about a dozen connections per master."""
     types, seen = event_types(TYPES), list[tuple[str, str]]()
     transport = RedisTransport(redis_cluster.url, cluster=True, prefix="idle", block=0.5)
     bus = EventBus(transport=transport)
@@ -178,6 +247,8 @@ async def test_a_worker_on_a_cluster_polls_idle_subscriptions_per_master(
         async with bus:
             await bus.publish_many([kind(n=1) for kind in types])
             await wait_for(lambda: len(seen) == TYPES, 20, "every event handled")
+            for master in masters:  # the masters forget the poll script: sent whole
+                await master.script_flush()
 
             async def parked() -> bool:
                 now = [await clients(master) for master in masters]
@@ -189,3 +260,17 @@ async def test_a_worker_on_a_cluster_polls_idle_subscriptions_per_master(
     finally:
         for master in masters:
             await master.aclose()
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_idle_poll_none_keeps_a_connection_per_subscription(
+    redis_cluster: RedisCluster,
+) -> None:
+    """``idle_poll=None``: each subscription blocks on its own connection, events flow."""
+    types, seen = event_types(5), list[tuple[str, str]]()
+    transport = RedisTransport(redis_cluster.url, cluster=True, prefix="own", idle_poll=None)
+    bus = EventBus(transport=transport)
+    subscribe_all(bus, "stock", types, seen)
+    async with bus:
+        await bus.publish_many([kind(n=1) for kind in types])
+        await wait_for(lambda: len(seen) == len(types), 20, "every event handled")

@@ -115,6 +115,7 @@ class IdleReaders:
         parked = self._parked.setdefault(scope, {})
         parked[sub] = waiter
         try:
+            await anyio.lowlevel.checkpoint()  # never a loop without a turn of the loop
             await self._join(scope, sub)
             while not waiter.done and anyio.current_time() < until:
                 if scope not in self._leading and not self._closed:
@@ -142,7 +143,7 @@ class IdleReaders:
         due (``wait`` then hands the lead on)."""
         self._leading.add(scope)
         try:
-            while not (waiter.done or self._closed) and anyio.current_time() < waiter.until:
+            while not waiter.done and self.enabled and anyio.current_time() < waiter.until:
                 if self._cluster:
                     await self._poll_round(waiter)
                 else:
@@ -205,7 +206,8 @@ class IdleReaders:
     async def _read_blocking(self, group: str, subs: list[Parked], block: float) -> Any:
         """Send ``CLIENT ID`` and the ``XREADGROUP`` on the group's connection; note the
         id (wake the read at once when a subscription joined meanwhile); return the
-        read's reply. Any failure, cancellation included, drops the connection."""
+        read's reply. A connection failure drops the connection; so does a cancellation
+        that ``_rescue`` cannot mend."""
         state = self._state
         command = _xreadgroup(group, state.consumer, state.settings.prefetch, block, subs)
         link = self._links.pop(group, None) or state.links.take(subs[0].keys.stream)
@@ -216,15 +218,35 @@ class IdleReaders:
             else:
                 await link.send_packed_command(_CLIENT_ID + command, check_health=False)
                 await self._note_reader(group, link)
-            reply = await link.read_response()
+            reply = await link.read_response(disconnect_on_error=False)
         except ResponseError:
             self._links[group] = link  # a refused read leaves the connection sound
             raise
+        except anyio.get_cancelled_exc_class():
+            await self._rescue(group, subs, link)
+            raise
         except BaseException:
-            await state.links.discard(link)  # a cancelled read leaves the reply unread
+            await state.links.discard(link)
             raise
         self._links[group] = link
         return reply
+
+    async def _rescue(self, group: str, subs: list[Parked], link: Any) -> None:
+        """The leader was cancelled (its subscription closes) while the group's read
+        waits: wake the read and hand out what it got, so that no entry read for the
+        others waits for the claim timeout. Shielded, for 2 s at most; when that
+        fails, the connection is dropped and those entries wait for their claim."""
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 2.0):
+            if self._reader_ids.get(group) is not None and link.is_connected:
+                try:
+                    await self._unblock(group)
+                    reply = await link.read_response()
+                    await self._hand_out(group, subs, list(read_entries(reply)))
+                    self._links[group] = link
+                    return
+                except (RedisError, OSError):
+                    pass
+        await self._state.links.discard(link)
 
     async def _note_reader(self, group: str, link: Any) -> None:
         """Read the ``CLIENT ID`` reply; unblock at once when a subscription joined."""
@@ -248,8 +270,9 @@ class IdleReaders:
                 self._wake("", sub, failed=True)
                 continue
             by_node.setdefault(node, []).append(sub)
-        for subs in by_node.values():
-            await self._poll_node(subs)
+        async with anyio.create_task_group() as polls:  # one slow master delays no other
+            for subs in by_node.values():
+                polls.start_soon(self._poll_node, subs)
         if not leader.done and self._poll is not None:
             await anyio.sleep(max(0.0, min(self._poll, leader.until - anyio.current_time())))
 
@@ -349,6 +372,7 @@ class IdleReaders:
             self._wake(scope, sub, failed=True)
 
     def _unsupported(self, exc: BaseException) -> None:
+        """Stop parking: every subscription reads on a connection of its own."""
         if self._poll is not None:
             logger.error(
                 "Redis refused the script that reads idle subscriptions (%s; it needs "
@@ -356,6 +380,8 @@ class IdleReaders:
                 exc,
             )
         self._poll = None
+        for waiter in self._parked.get("", {}).values():
+            waiter.wake(failed=True)
 
     def close(self) -> None:
         """Stop reading: the subscriptions close next (``Links`` closes the connections),

@@ -202,7 +202,7 @@ class RedisSubscription:
         """Send the queued acks and the XREADGROUP in one write, on a connection of its
         own; or, when the last read found nothing, park (see ``_park``)."""
         if self._quiet and not (self._held or self._acks) and self._idle.enabled:
-            await self._park(now)
+            await self._park()
             return
         if self._link is None:
             self._link = self._state.links.take(self._keys.stream)
@@ -232,14 +232,15 @@ class RedisSubscription:
         if refused is not None:
             raise refused
 
-    async def _park(self, now: float) -> None:
+    async def _park(self) -> None:
         """Give the reading connection back and wait in ``IdleReaders`` until entries
         arrive, a retry is due or the leases need looking after; read on a connection of
         its own again when entries came, or when the shared read failed."""
         if self._link is not None:
             link, self._link = self._link, None
             await self._state.links.give_back(link, spare_at_most=_SPARE_READ_LINKS)
-        if await self._idle.wait(self, min(self._retry_due, self._suspects.next_look)):
+        until = min(self._retry_due, self._suspects.next_look)
+        if await self._idle.wait(self, max(until, self._promote_at)):  # refused: backoff
             self._quiet = not self._buffer
         else:
             self._quiet = False

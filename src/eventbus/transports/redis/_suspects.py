@@ -4,6 +4,7 @@ killed its worker."""
 from __future__ import annotations
 
 import json
+import random
 from collections import deque
 from collections.abc import Container, Iterator
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ class Suspects:
         self._queue: deque[Slot] = deque()
         self._own_listed = False
         self._last_look = float("-inf")
+        self._interval = state.settings.claim_timeout / 4
         self.out: Slot | None = None
         """The suspect being handled; nothing else is handed out meanwhile."""
         self.done = anyio.Event()
@@ -69,8 +71,10 @@ class Suspects:
 
     @property
     def next_look(self) -> float:
-        """When ``look`` takes over the entries of dead consumers next."""
-        return self._last_look + self._state.settings.claim_timeout / 4
+        """When ``look`` takes over the entries of dead consumers next: a quarter of the
+        claim timeout after the last, less up to a fifth (subscriptions started together
+        spread out)."""
+        return self._last_look + self._interval
 
     def due(self, now: float) -> bool:
         """Whether ``look`` has something to do now."""
@@ -82,8 +86,9 @@ class Suspects:
         that hold nothing and were idle for the claim timeout."""
         if not self._own_listed:
             await self._list_own()
-        if now - self._last_look >= self._state.settings.claim_timeout / 4:
+        if now >= self.next_look:
             self._last_look = now
+            self._interval = self._state.settings.claim_timeout / 4 * random.uniform(0.8, 1.0)
             for key in (self._keys.stream, self._keys.redeliver):
                 await self._claim_stale(key)
                 await self._prune(key)
