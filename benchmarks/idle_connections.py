@@ -12,7 +12,8 @@ private cluster of three masters (no replicas), both keeping nothing on disk:
   ``INFO`` calls left out, and the CPU the servers used meanwhile (% of one core, all
   servers together);
 - **first event**: the median time from ``publish()`` until the handler runs, for an
-  event of a type that was idle (``--samples`` events, each after a quiet second).
+  event of a type that was idle (``--samples`` events, each after about a quiet
+  second, at a random phase of the cluster's polls).
 
 On the cluster the worker runs once per ``--idle-poll`` value: by default idle
 subscriptions polled (``idle_poll=0.05``, the default) and each subscription on a
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import operator
+import random
 import secrets
 import shutil
 import statistics
@@ -93,7 +95,7 @@ async def measure(transport: RedisTransport, servers: list[Any], args: Any) -> d
         idle_cpu = (cpu_after - cpu_before) / args.window * 100
         waits = []
         for sample in range(args.samples):
-            await anyio.sleep(1.0)  # a quiet second before each event
+            await anyio.sleep(random.uniform(0.75, 1.25))  # quiet, at a random phase
             done = anyio.Event()
             handled[sample] = (0.0, done)
             sent = anyio.current_time()
@@ -147,7 +149,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--types", type=int, default=500)
     parser.add_argument("--window", type=float, default=5.0)
-    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=20)
     parser.add_argument(
         "--idle-poll",
         type=lambda text: None if text == "none" else float(text),
