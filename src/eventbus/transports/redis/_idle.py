@@ -23,32 +23,19 @@ are handed back to the group.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from hashlib import sha1
 from typing import Any, Protocol
 
 import anyio
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ._commands import resp_command
 from ._entries import Fields, read_entries
-from ._links import ensure_connected, round_trip
+from ._links import ensure_connected
+from ._poll import poll_master, unsupported_script
 from ._scripts import Keys
 from ._state import RedisState, logger
 
 __all__ = ["IdleReaders", "Parked"]
-
-_POLL = """#!lua flags=allow-cross-slot-keys,allow-oom
-local out = {}
-for i = 3, #ARGV, 2 do
-  out[#out + 1] = redis.pcall(
-    'XREADGROUP', 'GROUP', ARGV[i], ARGV[1], 'COUNT', ARGV[2], 'STREAMS', ARGV[i + 1], '>')
-end
-return out
-"""
-# Reads, without blocking, the streams named in ARGV (group, key, group, key, ...) as
-# consumer ARGV[1], ARGV[2] entries at most each: one reply per stream (nil, entries or
-# its error). The keys are not declared, so that one call may read every slot of a
-# master; a key of another master fails alone.
 
 
 class Parked(Protocol):
@@ -96,7 +83,6 @@ class IdleReaders:
         self._reader_ids: dict[str, int] = {}  # the blocked read's client id
         self._late: set[str] = set()  # groups with a subscription not in their read
         self._links: dict[str, Any] = {}  # a group's reading connection (one server)
-        self._sha = _sha(_POLL)
         self._can_unblock = True
         self._closed = False
 
@@ -277,13 +263,11 @@ class IdleReaders:
             await anyio.sleep(max(0.0, min(self._poll, leader.until - anyio.current_time())))
 
     async def _poll_node(self, subs: list[Parked]) -> None:
+        """Read the parked streams of one master (see ``poll_master``); hand out."""
         state = self._state
-        args = [state.consumer.encode(), b"%d" % state.settings.prefetch]
-        for sub in subs:
-            for key in (sub.keys.redeliver, sub.keys.stream):
-                args += [sub.group.encode(), key.encode()]
+        streams = [(s.group, key) for s in subs for key in (s.keys.redeliver, s.keys.stream)]
         try:
-            reply = await self._poll_on_link(subs[0].keys.stream, args)
+            reply = await poll_master(state, streams)
         except ResponseError as exc:  # the script refused: NOSCRIPT twice, OOM, ACL
             self._failed("", subs, exc)
             return
@@ -291,33 +275,6 @@ class IdleReaders:
             self._failed("", subs, exc)
             return
         await self._hand_out_polled(subs, reply)
-
-    async def _poll_on_link(self, key: str, args: list[bytes]) -> Any:
-        """Run the poll script on a connection to the master of ``key``."""
-        links = self._state.links
-        link = links.take(key)
-        try:
-            await ensure_connected(link)
-            reply = await self._run_poll(link, args)
-        except ResponseError:
-            await links.give_back(link)
-            raise
-        except BaseException:
-            await links.discard(link)
-            raise
-        await links.give_back(link)
-        return reply
-
-    async def _run_poll(self, link: Any, args: list[bytes]) -> Any:
-        """EVALSHA the poll script; EVAL it whole where the master does not know it."""
-        evalsha = resp_command([b"EVALSHA", self._sha, b"0", *args])
-        (reply,) = await round_trip(link, evalsha, 1)
-        if isinstance(reply, NoScriptError):
-            whole = resp_command([b"EVAL", _POLL.encode(), b"0", *args])
-            (reply,) = await round_trip(link, whole, 1)
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
 
     async def _hand_out_polled(self, subs: list[Parked], replies: list[Any]) -> None:
         entries: list[tuple[str, str, Fields]] = []
@@ -366,7 +323,7 @@ class IdleReaders:
 
     def _failed(self, scope: str, subs: list[Parked], exc: BaseException) -> None:
         logger.debug("the shared read of idle subscriptions failed: %s", type(exc).__name__)
-        if self._cluster and _unsupported_script(exc):
+        if self._cluster and unsupported_script(exc):
             self._unsupported(exc)
         for sub in subs:
             self._wake(scope, sub, failed=True)
@@ -398,13 +355,3 @@ def _xreadgroup(group: str, consumer: str, count: int, block: float, subs: list[
     head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode(), b"COUNT", b"%d" % count]
     block_ms = b"%d" % max(1, int(block * 1000) + 1)
     return resp_command([*head, b"BLOCK", block_ms, b"STREAMS", *keys, *[b">"] * len(keys)])
-
-
-def _sha(script: str) -> bytes:
-    return sha1(script.encode(), usedforsecurity=False).hexdigest().encode()
-
-
-def _unsupported_script(exc: BaseException) -> bool:
-    """Whether Redis refused the script for its shebang or flags (before Redis 7.0)."""
-    message = str(exc).lower()
-    return any(word in message for word in ("shebang", "flag", "compiling"))
