@@ -75,6 +75,17 @@ def subscribe_all(
     bus.subscribe(group=group)(handle)
 
 
+def worker(
+    transport: RedisTransport, count: int, groups: tuple[str, ...] = ("stock",)
+) -> tuple[EventBus, list[type[Event]], list[tuple[str, str]]]:
+    """A bus whose ``groups`` each read ``count`` fresh event types, and what they handle."""
+    types, seen = event_types(count), list[tuple[str, str]]()
+    bus = EventBus(transport=transport)
+    for group in groups:
+        subscribe_all(bus, group, types, seen)
+    return bus, types, seen
+
+
 async def clients(admin: Any) -> int:
     """Connections to the server, the admin's own left out."""
     return int((await admin.info("clients"))["connected_clients"]) - 1
@@ -84,10 +95,8 @@ async def test_a_worker_reading_many_idle_event_types_holds_a_connection_per_gro
     private_server: RedisServer, admin: Any
 ) -> None:
     """Two groups reading 60 idle event types each hold about 20 connections, not 120."""
-    types, seen = event_types(TYPES), list[tuple[str, str]]()
-    bus = EventBus(transport=RedisTransport(private_server.url, prefix="idle", block=0.5))
-    for group in ("stock", "email"):
-        subscribe_all(bus, group, types, seen)
+    transport = RedisTransport(private_server.url, prefix="idle", block=0.5)
+    bus, types, seen = worker(transport, TYPES, ("stock", "email"))
     async with bus:
         await bus.publish_many([kind(n=1) for kind in types])
         await wait_for(lambda: len(seen) == 2 * TYPES, 20, "every event handled by both groups")
@@ -103,9 +112,7 @@ async def test_an_idle_subscription_takes_an_event_at_once_however_long_block_is
     private_server: RedisServer,
 ) -> None:
     """With ``block=30`` a subscription parking during its group's read joins it at once."""
-    types, seen = event_types(TYPES), list[tuple[str, str]]()
-    bus = EventBus(transport=RedisTransport(private_server.url, prefix="wake", block=30))
-    subscribe_all(bus, "stock", types, seen)
+    bus, types, seen = worker(RedisTransport(private_server.url, prefix="wake", block=30), TYPES)
     async with bus:
         await bus.publish(types[-1](n=1))  # its subscription parks last
         await wait_for(lambda: len(seen) == 1, 10, "the event of the last type handled")
@@ -141,9 +148,7 @@ async def test_a_user_without_client_commands_still_gets_every_event(
         "ACL", "SETUSER", "noclient", "on", ">pw", "~*", "&*", "+@all", "-client"
     )
     url = private_server.url.replace("redis://", "redis://noclient:pw@")
-    types, seen = event_types(10), list[tuple[str, str]]()
-    bus = EventBus(transport=RedisTransport(url, prefix="acl", block=0.5))
-    subscribe_all(bus, "stock", types, seen)
+    bus, types, seen = worker(RedisTransport(url, prefix="acl", block=0.5), 10)
     async with bus:
         await bus.publish_many([kind(n=1) for kind in types])
         await wait_for(lambda: len(seen) == len(types), 20, "every event handled")
@@ -184,9 +189,7 @@ async def test_idle_subscriptions_recover_when_redis_drops_every_connection(
     private_server: RedisServer, admin: Any
 ) -> None:
     """``CLIENT KILL`` of every connection, the shared read's included: nothing is missed."""
-    types, seen = event_types(10), list[tuple[str, str]]()
-    bus = EventBus(transport=RedisTransport(private_server.url, prefix="kill", block=30))
-    subscribe_all(bus, "stock", types, seen)
+    bus, types, seen = worker(RedisTransport(private_server.url, prefix="kill", block=30), 10)
     async with bus:
         await bus.publish(types[0](n=0))
         await wait_for(lambda: len(seen) == 1, 10, "the first event")
@@ -200,9 +203,7 @@ async def test_a_group_lost_under_the_shared_read_is_created_again(
     private_server: RedisServer, admin: Any
 ) -> None:
     """A group destroyed on one stream while parked comes back; no type's event is lost."""
-    types, seen = event_types(5), list[tuple[str, str]]()
-    bus = EventBus(transport=RedisTransport(private_server.url, prefix="lost", block=30))
-    subscribe_all(bus, "stock", types, seen)
+    bus, types, seen = worker(RedisTransport(private_server.url, prefix="lost", block=30), 5)
     async with bus:
         await wait_for(lambda: _blocked_reads(private_server), 10, "the group's read")
         stream = f"lost:{{{types[0].__name__}}}"
@@ -237,10 +238,8 @@ async def test_a_worker_on_a_cluster_polls_idle_subscriptions_per_master(
     redis_cluster: RedisCluster,
 ) -> None:
     """On a cluster 60 idle event types cost about a dozen connections per master."""
-    types, seen = event_types(TYPES), list[tuple[str, str]]()
     transport = RedisTransport(redis_cluster.url, cluster=True, prefix="idle", block=0.5)
-    bus = EventBus(transport=transport)
-    subscribe_all(bus, "stock", types, seen)
+    bus, types, seen = worker(transport, TYPES)
     masters = [aioredis.Redis(port=node.port) for node in redis_cluster.masters()]
     before = [await clients(master) for master in masters]
     try:
@@ -267,10 +266,8 @@ async def test_on_a_cluster_idle_poll_none_keeps_a_connection_per_subscription(
     redis_cluster: RedisCluster,
 ) -> None:
     """``idle_poll=None``: each subscription blocks on its own connection, events flow."""
-    types, seen = event_types(5), list[tuple[str, str]]()
     transport = RedisTransport(redis_cluster.url, cluster=True, prefix="own", idle_poll=None)
-    bus = EventBus(transport=transport)
-    subscribe_all(bus, "stock", types, seen)
+    bus, types, seen = worker(transport, 5)
     async with bus:
         await bus.publish_many([kind(n=1) for kind in types])
         await wait_for(lambda: len(seen) == len(types), 20, "every event handled")
