@@ -17,6 +17,7 @@ from eventbus.transports.redis._commands import (
     XaddCommand,
     XreadgroupCommand,
     ack_commands,
+    packed_streams,
     resp_command,
 )
 from eventbus.transports.redis._entries import entry_message, read_entries, read_notes
@@ -80,6 +81,17 @@ def test_xreadgroup_matches_redis_py(block: int, count: int) -> None:
         "STREAMS", keys.redeliver, keys.stream, ">", ">",
     )  # fmt: skip
     assert command.pack(block) == expected
+
+
+def test_xreadgroup_of_several_event_names_matches_redis_py() -> None:
+    """One XREADGROUP over the keys of several event names, each redeliver stream first."""
+    keys = [Keys.of("pre", name, "email") for name in ("OrderCreated", "OrderPaid")]
+    command = XreadgroupCommand([packed_streams(k) for k in keys], "email", "worker-1", 64)
+    expected = packed_by_redis_py(
+        "XREADGROUP", "GROUP", "email", "worker-1", "COUNT", 64, "BLOCK", 500, "STREAMS",
+        keys[0].redeliver, keys[0].stream, keys[1].redeliver, keys[1].stream, ">", ">", ">", ">",
+    )  # fmt: skip
+    assert command.pack(500) == expected
 
 
 def test_acks_of_both_streams_and_the_xdel_of_redelivered_ones() -> None:

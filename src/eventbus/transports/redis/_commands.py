@@ -7,13 +7,20 @@ field names) are packed once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from eventbus.transports._contract import HEADER_FIELDS, Message
 
 from ._scripts import PAYLOAD, Keys
 
-__all__ = ["XaddCommand", "XreadgroupCommand", "ack_commands", "resp_arg", "resp_command"]
+__all__ = [
+    "XaddCommand",
+    "XreadgroupCommand",
+    "ack_commands",
+    "packed_streams",
+    "resp_arg",
+    "resp_command",
+]
 
 
 def resp_arg(arg: bytes) -> bytes:
@@ -62,18 +69,31 @@ class XaddCommand:
 
 class XreadgroupCommand:
     """``XREADGROUP GROUP g c COUNT n BLOCK ms STREAMS <redeliver> <stream> > >``: due
-    retries (the redeliver stream) before new entries."""
+    retries (the redeliver stream) before new entries. ``streams`` is the ``Keys`` of one
+    event name, or the ``packed_streams`` of several, read in the order given."""
 
-    def __init__(self, keys: Keys, group: str, consumer: str, count: int) -> None:
+    def __init__(
+        self, streams: Keys | Sequence[bytes], group: str, consumer: str, count: int
+    ) -> None:
+        pairs = [packed_streams(streams)] if isinstance(streams, Keys) else streams
         head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode()]
         head += [b"COUNT", b"%d" % count, b"BLOCK"]
-        tail = [b"STREAMS", keys.redeliver.encode(), keys.stream.encode(), b">", b">"]
-        self._head = b"*%d\r\n%b" % (len(head) + 1 + len(tail), b"".join(map(resp_arg, head)))
-        self._tail = b"".join(map(resp_arg, tail))
+        size = len(head) + 2 + 4 * len(pairs)  # the wait, STREAMS, two keys and two ">" each
+        self._head = b"*%d\r\n%b" % (size, b"".join(map(resp_arg, head)))
+        self._tail = b"%b%b%b" % (_STREAMS, b"".join(pairs), _NEW * (2 * len(pairs)))
 
     def pack(self, block_ms: int) -> bytes:
         """The command, waiting at most ``block_ms`` milliseconds for entries."""
         return b"%b%b%b" % (self._head, resp_arg(b"%d" % block_ms), self._tail)
+
+
+_STREAMS = resp_arg(b"STREAMS")
+_NEW = resp_arg(b">")
+
+
+def packed_streams(keys: Keys) -> bytes:
+    """The redeliver stream and the stream of ``keys``, packed for ``XreadgroupCommand``."""
+    return resp_arg(keys.redeliver.encode()) + resp_arg(keys.stream.encode())
 
 
 def ack_commands(group: str, batch: Mapping[str, list[str]], redeliver: str) -> list[bytes]:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from ._commands import resp_command
+from ._commands import XreadgroupCommand, packed_streams, resp_command
 from ._entries import Fields, read_entries
 from ._links import ensure_connected
 from ._poll import poll_master, unsupported_script
@@ -36,6 +36,10 @@ from ._scripts import Keys
 from ._state import RedisState, logger
 
 __all__ = ["IdleReaders", "Parked"]
+
+
+Entry = tuple["Parked", str, str, Fields]
+"""An entry read for a subscription: the subscription, stream key, entry id, fields."""
 
 
 class Parked(Protocol):
@@ -83,6 +87,9 @@ class IdleReaders:
         self._reader_ids: dict[str, int] = {}  # the blocked read's client id
         self._late: set[str] = set()  # groups with a subscription not in their read
         self._links: dict[str, Any] = {}  # a group's reading connection (one server)
+        self._commands: dict[str, tuple[list[Parked], XreadgroupCommand]] = {}
+        self._streams: dict[Parked, bytes] = {}  # packed, of each one that ever parked
+        self._owners: dict[tuple[str, str], Parked] = {}  # (group, stream key): whose
         self._can_unblock = True
         self._closed = False
 
@@ -97,6 +104,8 @@ class IdleReaders:
         read, a key that moved): the subscription then reads on a connection of its own,
         where its own error handling applies."""
         scope = "" if self._cluster else sub.group
+        if sub not in self._streams:
+            self._learn(sub)
         waiter = _Waiter(until)
         parked = self._parked.setdefault(scope, {})
         parked[sub] = waiter
@@ -117,6 +126,13 @@ class IdleReaders:
                 self._nudge_one(scope)
         return not waiter.failed
 
+    def _learn(self, sub: Parked) -> None:
+        """Note the streams of a subscription that parks for the first time: packed for
+        the group's read, and whose they are."""
+        keys = sub.keys
+        self._streams[sub] = packed_streams(keys)
+        self._owners[sub.group, keys.stream] = self._owners[sub.group, keys.redeliver] = sub
+
     def _nudge_one(self, scope: str) -> None:
         """Wake a parked subscription of ``scope`` that waits, so that it leads."""
         for other in self._parked.get(scope, {}).values():
@@ -134,6 +150,7 @@ class IdleReaders:
                     await self._poll_round(waiter)
                 else:
                     await self._blocking_round(scope, waiter.until)
+                await self._state.links.trim()  # what the busy subscriptions left, in time
         finally:
             self._leading.discard(scope)
 
@@ -187,7 +204,8 @@ class IdleReaders:
         finally:
             self._reading.pop(group, None)
             self._reader_ids.pop(group, None)
-        await self._hand_out(group, subs, list(read_entries(reply)))
+        await self._hand_out(group, self._owned(group, reply))
+        await anyio.lowlevel.checkpoint()  # those woken run before the next read is built
 
     async def _read_blocking(self, group: str, subs: list[Parked], block: float) -> Any:
         """Send ``CLIENT ID`` and the ``XREADGROUP`` on the group's connection; note the
@@ -195,7 +213,7 @@ class IdleReaders:
         read's reply. A connection failure drops the connection; so does a cancellation
         that ``_rescue`` cannot mend."""
         state = self._state
-        command = _xreadgroup(group, state.consumer, state.settings.prefetch, block, subs)
+        command = self._command(group, subs).pack(max(1, int(block * 1000) + 1))
         link = self._links.pop(group, None) or state.links.take(subs[0].keys.stream)
         try:
             await ensure_connected(link)
@@ -227,12 +245,21 @@ class IdleReaders:
                 try:
                     await self._unblock(group)
                     reply = await link.read_response()
-                    await self._hand_out(group, subs, list(read_entries(reply)))
+                    await self._hand_out(group, self._owned(group, reply))
                     self._links[group] = link
                     return
                 except (RedisError, OSError):
                     pass
         await self._state.links.discard(link)
+
+    def _command(self, group: str, subs: list[Parked]) -> XreadgroupCommand:
+        """The group's read of ``subs``, packed once for as long as they stay parked."""
+        cached = self._commands.get(group)
+        if cached is None or cached[0] != subs:
+            state, pairs = self._state, [self._streams[sub] for sub in subs]
+            command = XreadgroupCommand(pairs, group, state.consumer, state.settings.prefetch)
+            cached = self._commands[group] = (subs, command)
+        return cached[1]
 
     async def _note_reader(self, group: str, link: Any) -> None:
         """Read the ``CLIENT ID`` reply; unblock at once when a subscription joined."""
@@ -277,29 +304,32 @@ class IdleReaders:
         await self._hand_out_polled(subs, reply)
 
     async def _hand_out_polled(self, subs: list[Parked], replies: list[Any]) -> None:
-        entries: list[tuple[str, str, Fields]] = []
+        """Hand out the entries of each subscription's two replies; wake those of which
+        a reply is an error (a key moved, a group lost) to read on their own."""
+        entries: list[Entry] = []
         failed: list[Parked] = []
         for index, sub in enumerate(subs):
             for reply in replies[2 * index : 2 * index + 2]:
                 if isinstance(reply, ResponseError):
                     failed.append(sub)
                 else:
-                    entries.extend(read_entries(reply))
-        await self._hand_out("", subs, entries)
+                    entries.extend((sub, *entry) for entry in read_entries(reply))
+        await self._hand_out("", entries)
         for sub in failed:
             self._wake("", sub, failed=True)
 
     # -- handing out -------------------------------------------------------------------
 
-    async def _hand_out(
-        self, scope: str, subs: list[Parked], entries: list[tuple[str, str, Fields]]
-    ) -> None:
-        """Give each entry to the subscription of its stream; wake those that got some.
-        Entries of a subscription that closed meanwhile go back to the group."""
-        owners = {key: sub for sub in subs for key in (sub.keys.stream, sub.keys.redeliver)}
+    def _owned(self, group: str, reply: Any) -> list[Entry]:
+        """The entries of a group's read, each with the subscription of its stream."""
+        owners = self._owners
+        return [(owners[group, key], key, i, fields) for key, i, fields in read_entries(reply)]
+
+    async def _hand_out(self, scope: str, entries: list[Entry]) -> None:
+        """Give each entry to its subscription; wake those that got some. Entries of a
+        subscription that closed meanwhile go back to the group."""
         orphans: dict[Parked, dict[str, list[str]]] = {}
-        for key, entry_id, fields in entries:
-            sub = owners[key]
+        for sub, key, entry_id, fields in entries:
             if sub.closed:
                 orphans.setdefault(sub, {}).setdefault(key, []).append(entry_id)
                 continue
@@ -347,11 +377,3 @@ class IdleReaders:
 
 
 _CLIENT_ID = resp_command([b"CLIENT", b"ID"])
-
-
-def _xreadgroup(group: str, consumer: str, count: int, block: float, subs: list[Parked]) -> bytes:
-    """``XREADGROUP`` of every parked subscription's redeliver stream and stream."""
-    keys = [key.encode() for sub in subs for key in (sub.keys.redeliver, sub.keys.stream)]
-    head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode(), b"COUNT", b"%d" % count]
-    block_ms = b"%d" % max(1, int(block * 1000) + 1)
-    return resp_command([*head, b"BLOCK", block_ms, b"STREAMS", *keys, *[b">"] * len(keys)])

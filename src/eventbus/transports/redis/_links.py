@@ -24,14 +24,17 @@ __all__ = ["Links", "ensure_connected", "round_trip"]
 logger = logging.getLogger("eventbus.redis")
 
 _NO_RETRY = Retry(NoBackoff(), 0)  # the callers decide when to try again
+_SPARE_FOR = 10.0  # seconds a spare connection may sit unused, beyond the first few
+_SPARE_KEPT = 4  # spare connections per server kept however long they sit unused
 
 
 class Links:
     """The connections one client made for callers that each own one while they use it.
 
-    ``take(key)`` reuses a spare connection to the server of ``key`` or makes a new one,
-    so there are as many as the most callers at once (one per publish in flight, one per
-    subscription), per server; ``aclose`` closes them, and a connection in use then
+    ``take(key)`` reuses a spare connection to the server of ``key`` (the last given
+    back) or makes a new one, so there are as many as the most callers at once in the
+    last ten seconds (one per publish in flight, one per subscription with work), per
+    server, and four spare at least; ``aclose`` closes them, and a connection in use then
     fails its caller (a publish in flight raises ``PublishOutcomeUnknownError``). On a
     cluster (``RedisCluster`` client) the server of a key is the master of its slot, as
     the client's slot map says; a connection given back disconnected is dropped, so
@@ -44,6 +47,7 @@ class Links:
         self._cluster = cluster
         self._spare: dict[str, list[Any]] = {}
         self._made: dict[Any, str] = {}  # each connection made: the server it was made for
+        self._unused_since: dict[Any, float] = {}  # each spare connection: given back when
         self._closed = False
 
     def take(self, key: str) -> Any:
@@ -88,20 +92,32 @@ class Links:
                 start = index
         return bounds
 
-    async def give_back(self, conn: Any, *, spare_at_most: int | None = None) -> None:
+    async def give_back(self, conn: Any) -> None:
         """Return a connection whose replies were all read, or that is disconnected;
-        after ``aclose``, or when its server has ``spare_at_most`` spare connections
-        already, it is closed instead (shielded: a caller may be cancelled)."""
-        spare = self._spare.setdefault(self._made.get(conn, ""), [])
-        if self._closed or (spare_at_most is not None and len(spare) >= spare_at_most):
-            self._drop(conn)
+        after ``aclose`` it is closed instead (shielded: a caller may be cancelled)."""
+        if self._closed:
             with anyio.CancelScope(shield=True):
                 await _disconnect(conn)
             return
         if self._cluster and not conn.is_connected:
             self._drop(conn)
             return
-        spare.append(conn)  # no await
+        home = self._made.get(conn, "")
+        self._spare.setdefault(home, []).append(conn)  # no await
+        self._unused_since[conn] = anyio.current_time()
+        await self._trim(home)
+
+    async def _trim(self, home: str) -> None:
+        """Close the spare connections of ``home`` unused for ``_SPARE_FOR`` seconds,
+        oldest first, keeping ``_SPARE_KEPT``: after a burst the count decays again."""
+        spare, now = self._spare[home], anyio.current_time()
+        while len(spare) > _SPARE_KEPT and now - self._unused_since[spare[0]] > _SPARE_FOR:
+            await self.discard(spare.pop(0))
+
+    async def trim(self) -> None:
+        """Close the spare connections unused for a while (see ``_trim``)."""
+        for home in list(self._spare):
+            await self._trim(home)
 
     async def discard(self, conn: Any) -> None:
         """Close a connection that is not to be used again (its server may be gone)."""
@@ -111,6 +127,7 @@ class Links:
 
     def _drop(self, conn: Any) -> None:
         self._made.pop(conn, None)
+        self._unused_since.pop(conn, None)
 
     @property
     def count(self) -> int:
@@ -121,6 +138,7 @@ class Links:
         """Disconnect every connection made here, without waiting for the server."""
         self._closed = True
         made, self._made, self._spare = list(self._made), {}, {}
+        self._unused_since = {}
         for conn in made:
             await _disconnect(conn)
 

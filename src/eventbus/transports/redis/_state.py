@@ -28,6 +28,11 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+try:  # redis-py 7.1 and newer: the client's name and version, told to the server
+    from redis.driver_info import resolve_driver_info
+except ImportError:  # pragma: no cover (older redis-py looks its version up each time)
+    resolve_driver_info = None  # type: ignore[assignment]
+
 from eventbus._backoff import Backoff
 from eventbus._errors import TransportError
 
@@ -179,6 +184,8 @@ class RedisState:
             nodes = [ClusterNode(u.hostname or "", u.port or 6379) for u in map(urlsplit, others)]
             self.client: Any = RedisCluster.from_url(first, startup_nodes=nodes, **options)
         else:
+            if resolve_driver_info is not None:  # resolved once, not at every connection
+                options["driver_info"] = resolve_driver_info()
             self.client = aioredis.Redis.from_url(
                 settings.url, retry=RedisRetry(NoBackoff(), 0), **options
             )

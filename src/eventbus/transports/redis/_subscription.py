@@ -27,7 +27,6 @@ from ._suspects import Slot, Suspects, transport_notes
 __all__ = ["RedisSubscription"]
 
 _CLOSE_TIMEOUT = 10.0  # seconds aclose may take to send acks and hand entries back
-_SPARE_READ_LINKS = 4  # connections a parking subscription leaves open for the next one
 
 
 class RedisSubscription:
@@ -238,7 +237,7 @@ class RedisSubscription:
         its own again when entries came, or when the shared read failed."""
         if self._link is not None:
             link, self._link = self._link, None
-            await self._state.links.give_back(link, spare_at_most=_SPARE_READ_LINKS)
+            await self._state.links.give_back(link)
         until = min(self._retry_due, self._suspects.next_look)
         if await self._idle.wait(self, max(until, self._promote_at)):  # refused: backoff
             self._quiet = not self._buffer
