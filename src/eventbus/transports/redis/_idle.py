@@ -113,7 +113,10 @@ class IdleReaders:
             await anyio.lowlevel.checkpoint()  # never a loop without a turn of the loop
             await self._join(scope, sub)
             while not waiter.done and anyio.current_time() < until:
-                if scope not in self._leading and not self._closed:
+                if not (self.enabled or self._closed):  # the cluster refused the script
+                    waiter.wake(failed=True)
+                    continue
+                if scope not in self._leading and self.enabled:
                     await self._lead(scope, waiter)
                     continue
                 waiter.nudge = anyio.Event()

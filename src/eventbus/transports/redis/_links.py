@@ -10,6 +10,7 @@ packed in Redis's wire protocol (``_commands``).
 from __future__ import annotations
 
 import logging
+from time import monotonic
 from typing import Any
 
 import anyio
@@ -103,14 +104,16 @@ class Links:
             self._drop(conn)
             return
         home = self._made.get(conn, "")
-        self._spare.setdefault(home, []).append(conn)  # no await
-        self._unused_since[conn] = anyio.current_time()
-        await self._trim(home)
+        spare = self._spare.setdefault(home, [])
+        spare.append(conn)  # no await
+        self._unused_since[conn] = monotonic()
+        if len(spare) > _SPARE_KEPT:
+            await self._trim(home)
 
     async def _trim(self, home: str) -> None:
         """Close the spare connections of ``home`` unused for ``_SPARE_FOR`` seconds,
         oldest first, keeping ``_SPARE_KEPT``: after a burst the count decays again."""
-        spare, now = self._spare[home], anyio.current_time()
+        spare, now = self._spare[home], monotonic()
         while len(spare) > _SPARE_KEPT and now - self._unused_since[spare[0]] > _SPARE_FOR:
             await self.discard(spare.pop(0))
 
