@@ -18,6 +18,8 @@ class Proxy:
     ``silent``: new connections are accepted and never answered. ``cut_after_ids(n)``: the
     next bulk-string replies (the entry ids XADD answers) are counted on every connection;
     after the ``n``-th is forwarded the connection is closed, the rest dropped.
+    ``drop_reply_with(marker)``: the next reply that carries ``marker`` is dropped and its
+    connection closed.
     """
 
     def __init__(self, target: int) -> None:
@@ -26,10 +28,16 @@ class Proxy:
         self.connections = 0
         self.silent = False
         self._cut_after: int | None = None
+        self._drop_marker: bytes | None = None
 
     def cut_after_ids(self, count: int) -> None:
         """Close a connection right after forwarding ``count`` more bulk-string replies."""
         self._cut_after = count
+
+    def drop_reply_with(self, marker: bytes) -> None:
+        """Close the next connection whose reply carries ``marker``, without forwarding
+        that reply: Redis ran the command, the client never hears of it."""
+        self._drop_marker = marker
 
     async def handle(self, client: SocketStream) -> None:
         """Serve one accepted connection."""
@@ -53,6 +61,9 @@ class Proxy:
     async def _forward_replies(self, server: SocketStream, client: SocketStream) -> None:
         pending = b""
         async for chunk in server:
+            if self._drop_marker is not None and self._drop_marker in chunk:
+                self._drop_marker = None
+                return  # closes both connections: the reply is never forwarded
             if self._cut_after is None:
                 await client.send(chunk)
                 continue

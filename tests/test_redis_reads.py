@@ -15,6 +15,7 @@ from eventbus.transports import Message
 from eventbus.transports.redis import RedisTransport
 from tests.events import OrderCreated, OrderPaid
 from tests.redis_server import RedisServer
+from tests.tcp_proxy import running_proxy
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -272,3 +273,23 @@ async def test_acks_cut_off_in_a_flush_are_sent_again(
             await redis_admin.client_unpause()
     assert handled == ["o-1"]
     assert (await redis_admin.xpending(f"{keys}:{{OrderPaid}}", "mail"))["pending"] == 0
+
+
+async def test_an_entry_whose_read_lost_its_reply_is_handled_at_once(
+    redis_server: RedisServer,
+) -> None:
+    """A read Redis ran but whose reply was lost: its entry comes back within seconds."""
+    async with running_proxy(redis_server.port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        transport = RedisTransport(url, prefix=prefix(), claim_timeout=300, block=0.2)
+        bus = EventBus(transport=transport)
+        seen: list[str] = []
+
+        @bus.subscribe(group="stock")
+        async def reserve(event: OrderCreated) -> None:
+            seen.append(event.order_id)
+
+        async with bus:
+            proxy.drop_reply_with(b"lost-reply")
+            await bus.publish(OrderCreated(order_id="lost-reply"))
+            await wait_for(lambda: seen == ["lost-reply"], 15, "the entry of the lost reply")

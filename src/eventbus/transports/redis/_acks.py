@@ -58,6 +58,13 @@ class AckQueue:
         """Whether acks or records are queued."""
         return any(self._queued.values())
 
+    def __contains__(self, slot: object) -> bool:
+        """Whether the ack of ``(stream key, entry id)`` is queued or on its way."""
+        if not isinstance(slot, tuple) or len(slot) != 2:
+            return False
+        key, entry_id = slot
+        return entry_id in self._queued.get(key, ()) or entry_id in self.sending.get(key, ())
+
     def ids(self) -> Batch:
         """Every entry id not yet acknowledged for sure: queued or on its way."""
         out: Batch = {self._keys.stream: [], self._keys.redeliver: []}

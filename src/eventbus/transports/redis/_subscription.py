@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Container
 from typing import Any
 
 import anyio
@@ -47,10 +48,10 @@ class RedisSubscription:
         self._keys = keys = state.keys(topic, group)
         self._buffer: deque[RedisDelivery] = deque()
         self._held: dict[Slot, RedisDelivery] = {}
-        self._suspects = Suspects(state, topic, group, self._held)
+        self._acks = AckQueue(keys, group, state.settings.idempotency_ttl)
+        self._suspects = Suspects(state, topic, group, _Outstanding(self._held, self._acks))
         self._fetching = anyio.Lock(fast_acquire=True)  # no extra loop turn when free
         self._fetch_scope: anyio.CancelScope | None = None
-        self._acks = AckQueue(keys, group, state.settings.idempotency_ttl)
         self._records = HandledRecords(state, keys, self._held, lambda: self._closed)
         self._settler = Settler(state, topic, group, lambda: self._closed)
         self._promote_at = 0.0
@@ -146,6 +147,7 @@ class RedisSubscription:
                 self._keys.stream,
             )
         except self._state.connection_errors as exc:
+            self._suspects.relist()  # Redis may have run the read: its entries are ours
             await self._rehome(exc)
             await self._state.back_off(self._read_backoff, "reading")
 
@@ -241,8 +243,9 @@ class RedisSubscription:
         until = min(self._retry_due, self._suspects.next_look)
         if await self._idle.wait(self, max(until, self._promote_at)):  # refused: backoff
             self._quiet = not self._buffer
-        else:
+        else:  # the shared read failed, maybe after Redis ran it
             self._quiet = False
+            self._suspects.relist()
 
     def take(self, key: str, entry_id: str, fields: Fields) -> None:
         """Hold an entry read for this consumer, to be handed out by ``receive``."""
@@ -398,3 +401,15 @@ class RedisSubscription:
                 self._group,
                 type(exc).__name__,
             )
+
+
+class _Outstanding:
+    """The entries this consumer has not settled with Redis: held, or acked here with
+    the XACK not yet confirmed (never taken as suspects)."""
+
+    def __init__(self, held: Container[Slot], acks: AckQueue) -> None:
+        self._held = held
+        self._acks = acks
+
+    def __contains__(self, slot: object) -> bool:
+        return slot in self._held or slot in self._acks

@@ -76,6 +76,13 @@ class Suspects:
         spread out)."""
         return self._last_look + self._interval
 
+    def relist(self) -> None:
+        """List this consumer's own pending entries again at the next ``look``: a read
+        whose reply was lost (the connection failed after Redis ran it) left entries
+        pending to this consumer that it never received; they come back as suspects
+        at once instead of after the claim timeout."""
+        self._own_listed = False
+
     def due(self, now: float) -> bool:
         """Whether ``look`` has something to do now."""
         return not self._own_listed or now >= self.next_look
