@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container
 from typing import Any
 
 import anyio
@@ -23,7 +22,7 @@ from ._refusals import RefusedWrite
 from ._scripts import Keys
 from ._settling import Settler
 from ._state import RedisState, logger
-from ._suspects import Slot, Suspects, transport_notes
+from ._suspects import Outstanding, Slot, Suspects, transport_notes
 
 __all__ = ["RedisSubscription"]
 
@@ -49,7 +48,7 @@ class RedisSubscription:
         self._buffer: deque[RedisDelivery] = deque()
         self._held: dict[Slot, RedisDelivery] = {}
         self._acks = AckQueue(keys, group, state.settings.idempotency_ttl)
-        self._suspects = Suspects(state, topic, group, _Outstanding(self._held, self._acks))
+        self._suspects = Suspects(state, topic, group, Outstanding(self._held, self._acks))
         self._fetching = anyio.Lock(fast_acquire=True)  # no extra loop turn when free
         self._fetch_scope: anyio.CancelScope | None = None
         self._records = HandledRecords(state, keys, self._held, lambda: self._closed)
@@ -401,15 +400,3 @@ class RedisSubscription:
                 self._group,
                 type(exc).__name__,
             )
-
-
-class _Outstanding:
-    """The entries this consumer has not settled with Redis: held, or acked here with
-    the XACK not yet confirmed (never taken as suspects)."""
-
-    def __init__(self, held: Container[Slot], acks: AckQueue) -> None:
-        self._held = held
-        self._acks = acks
-
-    def __contains__(self, slot: object) -> bool:
-        return slot in self._held or slot in self._acks

@@ -17,7 +17,7 @@ from eventbus.transports._contract import FailureNotes
 from ._entries import Fields, text
 from ._state import RedisState, logger
 
-__all__ = ["Slot", "Suspects", "transport_notes"]
+__all__ = ["Outstanding", "Slot", "Suspects", "transport_notes"]
 
 Slot = tuple[str, str]
 """Where an entry is held: (stream key, entry id); ids repeat across streams."""
@@ -209,3 +209,15 @@ class Suspects:
         for entry_id in ids:
             args: list[Any] = [self._group, entry_id, "0", self._topic, "1", packed, entry_id, "1"]
             await self._state.scripts.dead_letter(keys=[key, self._keys.dead], args=args)
+
+
+class Outstanding:
+    """The entries a consumer has not settled with Redis: held, or acked with the XACK
+    not yet confirmed (``AckQueue``); never taken as suspects."""
+
+    def __init__(self, held: Container[Slot], acks: Container[Slot]) -> None:
+        self._held = held
+        self._acks = acks
+
+    def __contains__(self, slot: object) -> bool:
+        return slot in self._held or slot in self._acks
