@@ -29,6 +29,7 @@ class Proxy:
         self.silent = False
         self._cut_after: int | None = None
         self._drop_marker: bytes | None = None
+        self.dropped = 0  # replies dropped by ``drop_reply_with``
 
     def cut_after_ids(self, count: int) -> None:
         """Close a connection right after forwarding ``count`` more bulk-string replies."""
@@ -63,6 +64,7 @@ class Proxy:
         async for chunk in server:
             if self._drop_marker is not None and self._drop_marker in chunk:
                 self._drop_marker = None
+                self.dropped += 1
                 return  # closes both connections: the reply is never forwarded
             if self._cut_after is None:
                 await client.send(chunk)

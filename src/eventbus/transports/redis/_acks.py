@@ -40,6 +40,7 @@ class AckQueue:
         self._queued: Batch = self._empty()
         self.sending: Batch = {}
         """The batch on its way with the read that waits now."""
+        self._flushing: list[Batch] = []  # the batches ``flush`` sends now
         self.refused = False
 
     def _empty(self) -> Batch:
@@ -59,16 +60,18 @@ class AckQueue:
         return any(self._queued.values())
 
     def __contains__(self, slot: object) -> bool:
-        """Whether the ack of ``(stream key, entry id)`` is queued or on its way."""
+        """Whether the ack of ``(stream key, entry id)`` is queued or on its way (with a
+        read, or in a ``flush``)."""
         if not isinstance(slot, tuple) or len(slot) != 2:
             return False
         key, entry_id = slot
-        return entry_id in self._queued.get(key, ()) or entry_id in self.sending.get(key, ())
+        batches = (self._queued, self.sending, *self._flushing)
+        return any(entry_id in batch.get(key, ()) for batch in batches)
 
     def ids(self) -> Batch:
         """Every entry id not yet acknowledged for sure: queued or on its way."""
         out: Batch = {self._keys.stream: [], self._keys.redeliver: []}
-        for batch in (self._queued, self.sending):
+        for batch in (self._queued, self.sending, *self._flushing):
             for key, ids in batch.items():
                 if key in out:
                     out[key].extend(ids)
@@ -113,11 +116,15 @@ class AckQueue:
             self.refused = False
             return
         link = links.take(key)
+        batch: Batch = {}
         try:
             await ensure_connected(link)  # fails before anything is sent
             batch = self.take()
+            self._flushing.append(batch)
             replies = await self._send(link, batch) if batch else []  # another took it
         finally:
+            if batch in self._flushing:
+                self._flushing.remove(batch)
             await links.give_back(link)
         error = self.check(batch, replies)
         if error is not None:

@@ -40,6 +40,7 @@ __all__ = ["IdleReaders", "Parked"]
 
 Entry = tuple["Parked", str, str, Fields]
 """An entry read for a subscription: the subscription, stream key, entry id, fields."""
+_Owners = dict[str, "Parked"]  # stream key: the subscription that reads it
 
 
 class Parked(Protocol):
@@ -87,9 +88,8 @@ class IdleReaders:
         self._reader_ids: dict[str, int] = {}  # the blocked read's client id
         self._late: set[str] = set()  # groups with a subscription not in their read
         self._links: dict[str, Any] = {}  # a group's reading connection (one server)
-        self._commands: dict[str, tuple[list[Parked], XreadgroupCommand]] = {}
-        self._streams: dict[Parked, bytes] = {}  # packed, of each one that ever parked
-        self._owners: dict[tuple[str, str], Parked] = {}  # (group, stream key): whose
+        self._commands: dict[str, tuple[list[Parked], XreadgroupCommand, _Owners]] = {}
+        self._streams: dict[Parked, bytes] = {}  # packed, of each one parked and open
         self._can_unblock = True
         self._closed = False
 
@@ -104,8 +104,8 @@ class IdleReaders:
         read, a key that moved): the subscription then reads on a connection of its own,
         where its own error handling applies."""
         scope = "" if self._cluster else sub.group
-        if sub not in self._streams:
-            self._learn(sub)
+        if sub not in self._streams:  # packed once, for the group's reads
+            self._streams[sub] = packed_streams(sub.keys)
         waiter = _Waiter(until)
         parked = self._parked.setdefault(scope, {})
         parked[sub] = waiter
@@ -125,16 +125,11 @@ class IdleReaders:
         finally:
             if parked.get(sub) is waiter:
                 del parked[sub]
+            if sub.closed:
+                self._streams.pop(sub, None)
             if scope not in self._leading:  # it led, or was to lead next: hand it on
                 self._nudge_one(scope)
         return not waiter.failed
-
-    def _learn(self, sub: Parked) -> None:
-        """Note the streams of a subscription that parks for the first time: packed for
-        the group's read, and whose they are."""
-        keys = sub.keys
-        self._streams[sub] = packed_streams(keys)
-        self._owners[sub.group, keys.stream] = self._owners[sub.group, keys.redeliver] = sub
 
     def _nudge_one(self, scope: str) -> None:
         """Wake a parked subscription of ``scope`` that waits, so that it leads."""
@@ -242,7 +237,8 @@ class IdleReaders:
         """The leader was cancelled (its subscription closes) while the group's read
         waits: wake the read and hand out what it got, so that no entry read for the
         others waits for the claim timeout. Shielded, for 2 s at most; when that
-        fails, the connection is dropped and those entries wait for their claim."""
+        fails, the connection is dropped and the others are woken as failed (they list
+        their pending entries again, where what the read got is)."""
         with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 2.0):
             if self._reader_ids.get(group) is not None and link.is_connected:
                 try:
@@ -254,14 +250,18 @@ class IdleReaders:
                 except (RedisError, OSError):
                     pass
         await self._state.links.discard(link)
+        for sub in subs:
+            self._wake(group, sub, failed=True)
 
     def _command(self, group: str, subs: list[Parked]) -> XreadgroupCommand:
-        """The group's read of ``subs``, packed once for as long as they stay parked."""
+        """The group's read of ``subs``, packed once for as long as they stay parked,
+        and whose each of its streams is."""
         cached = self._commands.get(group)
         if cached is None or cached[0] != subs:
             state, pairs = self._state, [self._streams[sub] for sub in subs]
             command = XreadgroupCommand(pairs, group, state.consumer, state.settings.prefetch)
-            cached = self._commands[group] = (subs, command)
+            owners = {key: sub for sub in subs for key in (sub.keys.stream, sub.keys.redeliver)}
+            cached = self._commands[group] = (subs, command, owners)
         return cached[1]
 
     async def _note_reader(self, group: str, link: Any) -> None:
@@ -324,9 +324,9 @@ class IdleReaders:
     # -- handing out -------------------------------------------------------------------
 
     def _owned(self, group: str, reply: Any) -> list[Entry]:
-        """The entries of a group's read, each with the subscription of its stream."""
-        owners = self._owners
-        return [(owners[group, key], key, i, fields) for key, i, fields in read_entries(reply)]
+        """The entries of a group's last read, each with the subscription of its stream."""
+        owners = self._commands[group][2]
+        return [(owners[key], key, i, fields) for key, i, fields in read_entries(reply)]
 
     async def _hand_out(self, scope: str, entries: list[Entry]) -> None:
         """Give each entry to its subscription; wake those that got some. Entries of a

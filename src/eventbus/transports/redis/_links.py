@@ -113,12 +113,17 @@ class Links:
     async def _trim(self, home: str) -> None:
         """Close the spare connections of ``home`` unused for ``_SPARE_FOR`` seconds,
         oldest first, keeping ``_SPARE_KEPT``: after a burst the count decays again."""
-        spare, now = self._spare[home], monotonic()
-        while len(spare) > _SPARE_KEPT and now - self._unused_since[spare[0]] > _SPARE_FOR:
+        spare, now = self._spare.get(home, []), monotonic()
+        while (
+            not self._closed
+            and len(spare) > _SPARE_KEPT
+            and now - self._unused_since.get(spare[0], now) > _SPARE_FOR
+        ):
             await self.discard(spare.pop(0))
 
     async def trim(self) -> None:
-        """Close the spare connections unused for a while (see ``_trim``)."""
+        """Close the spare connections unused for a while (see ``_trim``); safe to call
+        from several tasks at once."""
         for home in list(self._spare):
             await self._trim(home)
 

@@ -32,7 +32,8 @@ def transport_notes(reason: str, message: str) -> FailureNotes:
 class Suspects:
     """The suspects of one consumer of a group, in the order they are handed out.
 
-    Suspects are this consumer name's own pending entries after a restart (listed once)
+    Suspects are this consumer name's own pending entries after a restart, or after a
+    read whose reply was lost (listed then)
     and entries idle past the claim timeout (their consumer died; looked for every
     quarter of it). They are found without raising their delivery count; ``take``
     counts one more delivery just before the entry is handed out alone, so that a crash
@@ -44,12 +45,14 @@ class Suspects:
     deleted from the group.
     """
 
-    def __init__(self, state: RedisState, topic: str, group: str, held: Container[Slot]) -> None:
+    def __init__(
+        self, state: RedisState, topic: str, group: str, outstanding: Container[Slot]
+    ) -> None:
         self._state = state
         self._topic = topic
         self._group = group
         self._keys = state.keys(topic, group)
-        self._held = held
+        self._held = outstanding  # never taken as suspects
         self._queue: deque[Slot] = deque()
         self._own_listed = False
         self._last_look = float("-inf")
@@ -88,9 +91,10 @@ class Suspects:
         return not self._own_listed or now >= self.next_look
 
     async def look(self, now: float) -> None:
-        """List this consumer's own pending entries (once), and every quarter of the
-        claim timeout take over the entries of dead consumers, then delete the consumers
-        that hold nothing and were idle for the claim timeout."""
+        """List this consumer's own pending entries (at the start, and after
+        ``relist``); about every quarter of the claim timeout take over the entries of
+        dead consumers, then delete the consumers that hold nothing and were idle for the
+        claim timeout."""
         if not self._own_listed:
             await self._list_own()
         if now >= self.next_look:
@@ -220,4 +224,5 @@ class Outstanding:
         self._acks = acks
 
     def __contains__(self, slot: object) -> bool:
+        """Whether ``(stream key, entry id)`` is held or has its ack on the way."""
         return slot in self._held or slot in self._acks
