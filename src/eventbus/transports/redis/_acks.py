@@ -112,7 +112,7 @@ class AckQueue:
         server of ``key`` (the stream); raises when Redis refuses them (they are kept) or
         cannot be reached (they are put back).
         """
-        if not any(self._queued.values()):
+        if not self:
             self.refused = False
             return
         link = links.take(key)

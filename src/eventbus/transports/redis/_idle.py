@@ -92,6 +92,10 @@ class IdleReaders:
         self._streams: dict[Parked, bytes] = {}  # packed, of each one parked and open
         self._can_unblock = True
         self._closed = False
+        self._read_failures: tuple[type[BaseException], ...] = (
+            ResponseError,
+            *state.connection_errors,
+        )  # how a shared read fails
 
     @property
     def enabled(self) -> bool:
@@ -193,10 +197,7 @@ class IdleReaders:
         self._reading[group] = set(subs)
         try:
             reply = await self._read_blocking(group, subs, block)
-        except ResponseError as exc:  # NOGROUP of one stream fails them all
-            self._failed(group, subs, exc)
-            return
-        except self._state.connection_errors as exc:
+        except self._read_failures as exc:  # NOGROUP of one stream fails them all
             self._failed(group, subs, exc)
             return
         finally:
@@ -298,10 +299,7 @@ class IdleReaders:
         streams = [(s.group, key) for s in subs for key in (s.keys.redeliver, s.keys.stream)]
         try:
             reply = await poll_master(state, streams)
-        except ResponseError as exc:  # the script refused: NOSCRIPT twice, OOM, ACL
-            self._failed("", subs, exc)
-            return
-        except state.connection_errors as exc:
+        except self._read_failures as exc:  # also refused: NOSCRIPT twice, OOM, ACL
             self._failed("", subs, exc)
             return
         await self._hand_out_polled(subs, reply)

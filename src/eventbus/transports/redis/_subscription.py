@@ -194,9 +194,8 @@ class RedisSubscription:
             self._promote_at = now + self._promotion.refused(exc, now)
             return
         self._promotion.taken()
-        wait = next_due_ms / 1000 if next_due_ms >= 0 else block
         self._retry_due = now + next_due_ms / 1000 if next_due_ms >= 0 else float("inf")
-        self._promote_at = now + min(wait, block)
+        self._promote_at = min(self._retry_due, now + block)
 
     async def _read(self, now: float) -> None:
         """Send the queued acks and the XREADGROUP in one write, on a connection of its
